@@ -7,7 +7,7 @@ import sys
 import typer
 
 from domainlm import __version__
-from domainlm.cli import data, demo
+from domainlm.cli import data, demo, train
 from domainlm.cli.console import err
 from domainlm.errors import DomainLMError
 
@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("demo")(demo.demo)
+app.command("train")(train.train)
+app.command("export")(train.export)
 
 
 def _version(value: bool) -> None:

@@ -137,13 +137,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         raise DomainLMError(f"override {override!r}: value is not valid YAML ({exc})") from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe.
-
-    Raises:
-        DomainLMError: naming the file and the first bad field.
-    """
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -152,16 +146,78 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise DomainLMError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise DomainLMError(f"{path}: a recipe is a YAML mapping of sections")
-    for override in overrides or []:
-        apply_override(data, override)
+    return data
+
+
+def _validate(data: dict[str, Any], path: Path, where: str = "") -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(p) for p in error["loc"]) or "<recipe>"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise DomainLMError(f"{path}: {field}: {error['msg']}{more}") from None
+        raise DomainLMError(f"{path}: {where}{field}: {error['msg']}{more}") from None
     return _resolve_paths(recipe, path.parent)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe.
+
+    Raises:
+        DomainLMError: naming the file and the first bad field.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    for override in overrides or []:
+        apply_override(data, override)
+    return _validate(data, path)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def is_manifest(path: str | Path) -> bool:
+    """True for a several-experts file (top-level `experts:` list)."""
+    return "experts" in _read_yaml(Path(path))
+
+
+def load_manifest(path: str | Path, overrides: list[str] | None = None) -> list[Recipe]:
+    """The recipes of a manifest: `defaults` (any recipe fields) merged under each entry of
+    `experts` (a list of partial recipes, each with at least a name and its datasets).
+
+    Raises:
+        DomainLMError: naming the file, the expert and the bad field.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    unknown = set(data) - {"defaults", "experts"}
+    if unknown:
+        raise DomainLMError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} "
+                            "(a manifest has `defaults` and `experts`)")
+    defaults, entries = data.get("defaults") or {}, data.get("experts")
+    if not isinstance(defaults, dict):
+        raise DomainLMError(f"{path}: defaults: expected a mapping of recipe fields")
+    if not isinstance(entries, list) or not entries:
+        raise DomainLMError(f"{path}: experts: expected a non-empty list of recipes")
+    recipes = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DomainLMError(f"{path}: experts[{i}]: expected a mapping of recipe fields")
+        merged = _merge(defaults, entry)
+        for override in overrides or []:
+            apply_override(merged, override)
+        recipes.append(_validate(merged, path, f"experts[{i}] ({entry.get('name', '?')}): "))
+    names = [r.name for r in recipes]
+    if len(set(names)) != len(names):
+        raise DomainLMError(f"{path}: experts: names must be unique")
+    return recipes
 
 
 def _resolve_paths(recipe: Recipe, folder: Path) -> Recipe:

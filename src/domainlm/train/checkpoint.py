@@ -1,0 +1,91 @@
+"""Training checkpoints: written atomically, found again on `--resume`, pruned to the latest
+few plus the best by eval loss.
+
+A checkpoint is a folder `step-0000200/` holding the adapter (peft's own files) and
+`trainer_state.pt` (optimizer, scheduler, RNG states, counters). It is assembled under a
+temporary name and renamed into place, so a run killed mid-save leaves the previous
+checkpoint intact and never a half-written one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "trainer_state.pt"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def step_dir(folder: Path, step: int) -> Path:
+    return folder / f"step-{step:07d}"
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    folder: Path, step: int, peft_model: Any, adapter_state: dict[str, Any], state: dict[str, Any]
+) -> Path:
+    """Write checkpoint `step` under `folder` atomically and return its path."""
+    final = step_dir(folder, step)
+    staging = folder / f".tmp-{final.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    peft_model.save_pretrained(staging, state_dict=adapter_state)
+    torch.save(state, staging / STATE_FILE)
+    for path in staging.iterdir():
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return final
+
+
+def checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `folder`, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    # Python's random state is a tuple of ints, which the weights-only unpickler accepts.
+    return dict(torch.load(path / STATE_FILE, map_location="cpu", weights_only=True))
+
+
+def prune(folder: Path, keep: int, best_step: int | None) -> None:
+    """Remove all but the `keep` newest checkpoints and the best one; clear stale temps."""
+    found = checkpoints(folder)
+    for step, path in found[:-keep] if keep else found:
+        if step != best_step:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in folder.glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)

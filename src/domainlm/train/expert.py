@@ -1,0 +1,134 @@
+"""The expert directory a training run produces, and its card.
+
+```
+EXPERT/
+  adapter_config.json  adapter_model.safetensors   peft's own files (peft, vLLM load them)
+  expert.yaml          the card: base model and hash, chat format, recipe, data, metrics
+  metrics.jsonl        one row per optimiser step (and eval_loss where evaluated)
+  loss.png             training and eval loss against step
+  checkpoints/         resumable training state (latest few and the best)
+```
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from domainlm.errors import DomainLMError
+from domainlm.io import atomic_write
+
+CARD_FILE = "expert.yaml"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class BaseRef(BaseModel):
+    """The base model an expert was trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="What the recipe named (folder, .gguf, default, tiny).")
+    content_hash: str = Field(description="Fingerprint of the base weights.")
+    chat_format: str = Field(description="How conversations were rendered to tokens.")
+
+
+class DatasetRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    content_hash: str
+    examples: int
+    weight: float
+
+
+class ExpertCard(BaseModel):
+    """expert.yaml: what an expert is, what it was trained from, and how well it did."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    base: BaseRef
+    stage: str
+    system_prompt: str | None = None
+    datasets: list[DatasetRef] = Field(default_factory=list)
+    metrics: dict[str, float | int | None] = Field(default_factory=dict)
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    samples: list[dict[str, str]] = Field(default_factory=list)
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    domainlm_version: str = ""
+
+
+def write_card(folder: Path, card: ExpertCard) -> None:
+    with atomic_write(folder / CARD_FILE) as handle:
+        yaml.safe_dump(
+            card.model_dump(mode="json"), handle, allow_unicode=True, sort_keys=False, width=100
+        )
+
+
+def read_card(folder: Path) -> ExpertCard:
+    """The card of the expert in `folder`.
+
+    Raises:
+        DomainLMError: if the folder is not an expert or its card is invalid.
+    """
+    path = folder / CARD_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return ExpertCard.model_validate(data)
+    except FileNotFoundError:
+        raise DomainLMError(f"{folder}: not an expert (no {CARD_FILE})") from None
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise DomainLMError(f"{path}: invalid expert card: {exc}") from None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a kill: everything after it is gone too
+    return rows
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only rows up to `last_step` (a resumed run rewrites what came after)."""
+    rows = [row for row in read_metrics(path) if row["step"] <= last_step]
+    with atomic_write(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+
+
+def plot_loss(metrics: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Training loss (and eval loss where measured) against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    train = [(row["step"], row["loss"]) for row in metrics if "loss" in row]
+    evals = [(row["step"], row["eval_loss"]) for row in metrics if "eval_loss" in row]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.2)
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png")
+    plt.close(fig)

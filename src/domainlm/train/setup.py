@@ -1,0 +1,186 @@
+"""What a run needs before its first step: precision, the LoRA model, data, optimiser, schedule.
+
+In: a `Recipe`. Out: the pieces `trainer.train` puts together.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from domainlm.chat.formats import ChatFormat, Rendered, get_format
+from domainlm.errors import DomainLMError
+from domainlm.models.base import BaseModel, load_base
+from domainlm.train.batching import Dataset, file_hash, tokenize_pt, tokenize_sft
+from domainlm.train.recipe import LoraSpec, OptimSpec, Recipe
+
+
+@dataclass
+class Precision:
+    """Weights dtype of the frozen base and the autocast dtype (None: plain fp32)."""
+
+    base_dtype: torch.dtype
+    autocast: str  # accelerate's mixed_precision: "bf16", "fp16" or "no"
+
+
+def choose_precision(dtype: str, device: str) -> Precision:
+    """bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16/AMX),
+    fp16 on older GPUs, else fp32. LoRA weights stay fp32 (master weights) in every case."""
+    if dtype == "auto":
+        if device == "cuda":
+            dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            dtype = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    if dtype == "fp16" and device != "cuda":
+        raise DomainLMError("base.dtype fp16 needs a GPU; use bf16 or fp32 on CPU")
+    table = {
+        "bf16": Precision(torch.bfloat16, "bf16"),
+        "fp16": Precision(torch.float16, "fp16"),
+        "fp32": Precision(torch.float32, "no"),
+    }
+    return table[dtype]
+
+
+def set_threads() -> None:
+    """One intra-op thread per core this process may use (shared fairly between the
+    processes of a multi-process CPU run), one inter-op thread: the model's ops run
+    one after another, and oversubscribed threads are slower than idle ones."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_process = max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(per_process)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already set once in this process (e.g. a second run in the same interpreter)
+
+
+def load_model(recipe: Recipe, precision: Precision, device: str) -> BaseModel:
+    """The base model, frozen, in the base dtype (or 4-bit for QLoRA)."""
+    spec = recipe.base
+    quantization = None
+    if spec.load_in_4bit:
+        quantization = _bnb_config(precision, device)
+    base = load_base(
+        spec.path,
+        dtype=precision.base_dtype,
+        trust_remote_code=spec.trust_remote_code,
+        quantization_config=quantization,
+        device_map={"": torch.cuda.current_device()} if quantization is not None else None,
+    )
+    if base.tokenizer.pad_token_id is None:
+        base.tokenizer.pad_token = base.tokenizer.eos_token
+    return base
+
+
+def _bnb_config(precision: Precision, device: str) -> Any:
+    if device != "cuda":
+        raise DomainLMError("base.load_in_4bit (QLoRA) needs a CUDA GPU")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise DomainLMError("base.load_in_4bit needs bitsandbytes: pip install bitsandbytes") from None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=precision.base_dtype,
+    )
+
+
+def attach_lora(model: Any, spec: LoraSpec, gradient_checkpointing: bool, quantized: bool) -> Any:
+    """`model` with a fresh LoRA adapter named `default`; only the adapter is trainable."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        # peft keeps adapter weights in fp32 over a bf16/fp16 base (autocast_adapter_dtype).
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise DomainLMError(f"lora.target_modules: {exc}") from None
+
+
+def load_datasets(recipe: Recipe, tokenizer: Any, chat_format: ChatFormat) -> list[Dataset]:
+    """Every dataset of the recipe, tokenized for its stage."""
+    datasets = []
+    max_len = recipe.optim.max_seq_len
+    for spec in recipe.datasets:
+        if not spec.path.is_file():
+            raise DomainLMError(f"datasets: {spec.path}: no such file")
+        truncated = 0
+        if recipe.stage == "sft":
+            examples, truncated = tokenize_sft(spec.path, chat_format, max_len, recipe.system_prompt)
+        else:
+            examples = tokenize_pt(spec.path, tokenizer, spec.text_field, max_len)
+        if not examples:
+            raise DomainLMError(f"{spec.path}: no example has a trained token")
+        datasets.append(Dataset(spec.path, spec.weight, examples, file_hash(spec.path), truncated))
+    return datasets
+
+
+def load_dev(recipe: Recipe, tokenizer: Any, chat_format: ChatFormat) -> tuple[list[Rendered], list[Any]]:
+    """Dev examples (rendered) and the dev conversations (for before/after samples)."""
+    if recipe.eval.dev is None:
+        return [], []
+    if not recipe.eval.dev.is_file():
+        raise DomainLMError(f"eval.dev: {recipe.eval.dev}: no such file")
+    max_len = recipe.optim.max_seq_len
+    if recipe.stage == "pt":
+        return tokenize_pt(recipe.eval.dev, tokenizer, recipe.datasets[0].text_field, max_len), []
+    from domainlm.data.pipeline import LoadOptions, load
+
+    examples, _ = tokenize_sft(recipe.eval.dev, chat_format, max_len, recipe.system_prompt)
+    report = load([recipe.eval.dev], LoadOptions(system_prompt=recipe.system_prompt, allow_duplicates=True))
+    return examples, report.conversations
+
+
+def make_format(recipe: Recipe, tokenizer: Any) -> ChatFormat:
+    return get_format(recipe.base.chat_format, tokenizer)
+
+
+def lr_factor(step: int, spec: OptimSpec, total_steps: int) -> float:
+    """Multiplier of the peak LR at optimiser step `step` (0-based): linear warmup, then
+    cosine/linear decay to 10% of the peak, or constant."""
+    if step < spec.warmup_steps:
+        return (step + 1) / (spec.warmup_steps + 1)
+    if spec.schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - spec.warmup_steps)
+    progress = min(1.0, (step - spec.warmup_steps) / span)
+    floor = 0.1
+    if spec.schedule == "linear":
+        return 1.0 - (1.0 - floor) * progress
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: Any, spec: OptimSpec, total_steps: int) -> tuple[Any, Any]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise DomainLMError("lora.target_modules matched no layer: nothing to train")
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, spec, total_steps)
+    )
+    return optimizer, scheduler
+
+
+def count_steps(spec: OptimSpec, batches_per_epoch: int, world_size: int) -> int:
+    """Optimiser steps of the run (max_steps, or epochs worth of micro-batches)."""
+    if spec.max_steps is not None:
+        return spec.max_steps
+    per_step = spec.grad_accum * world_size
+    return max(1, math.ceil((spec.epochs or 1.0) * batches_per_epoch / per_step))

@@ -1,0 +1,441 @@
+"""The training loop: `domainlm train RECIPE.yaml` runs `train(load_recipe(...))`.
+
+Top to bottom: pick precision and threads, load the base and attach LoRA, tokenize the
+datasets into a deterministic batch plan, then step: accumulate micro-batches (loss summed
+per token, scaled once per step by `loss.step_scale`), clip, step the optimizer, log a
+metrics row, evaluate and checkpoint when due. At the end the expert directory gets the
+adapter (the best by eval loss when there is a dev set), its card, metrics and loss plot.
+
+Runs unchanged under `accelerate launch` / `torchrun` (DDP, FSDP, DeepSpeed): accelerate
+wraps the loss model, every process builds the same plan and takes its share of each
+step's micro-batches, and only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from domainlm import __version__
+from domainlm.chat.formats import ChatFormat
+from domainlm.errors import DomainLMError
+from domainlm.train import checkpoint as ckpt
+from domainlm.train.batching import Batch, BatchPlan, eval_batches
+from domainlm.train.expert import (
+    ADAPTER_FILES,
+    CARD_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    BaseRef,
+    DatasetRef,
+    ExpertCard,
+    plot_loss,
+    read_metrics,
+    truncate_metrics,
+    write_card,
+)
+from domainlm.train.loss import LossModel, step_scale
+from domainlm.train.progress import TrainProgress
+from domainlm.train.recipe import Recipe
+from domainlm.train.samples import before_after
+from domainlm.train.setup import (
+    attach_lora,
+    choose_precision,
+    count_steps,
+    load_datasets,
+    load_dev,
+    load_model,
+    make_format,
+    make_optimizer,
+    set_threads,
+)
+
+#: Checkpoints kept besides the best one.
+KEEP_CHECKPOINTS = 2
+
+
+class Interrupted(DomainLMError):
+    """Training stopped by Ctrl-C/SIGTERM after saving a checkpoint."""
+
+
+@dataclass
+class RunState:
+    """Counters saved in every checkpoint."""
+
+    step: int = 0
+    micro_batches: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    train_seconds: float = 0.0
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    last_loss: float | None = None
+    last_eval_loss: float | None = None
+
+
+@dataclass
+class Run:
+    """Everything one training run holds."""
+
+    recipe: Recipe
+    folder: Path
+    accelerator: Any
+    base: Any
+    chat_format: ChatFormat
+    model: Any
+    plan: BatchPlan
+    dev_batches: list[Batch]
+    dev_conversations: list[Any]
+    total_steps: int
+    optimizer: Any
+    scheduler: Any
+    state: RunState = field(default_factory=RunState)
+    loss_model: Any = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / "checkpoints"
+
+    @property
+    def main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+
+def train(
+    recipe: Recipe,
+    resume: bool = False,
+    console: Console | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Path:
+    """Train the expert `recipe` describes and return its directory.
+
+    Raises:
+        DomainLMError: for bad recipes, data or output folders; `Interrupted` after
+            Ctrl-C (a checkpoint is saved first).
+    """
+    console = console or Console(stderr=True, quiet=True)
+    folder = recipe.output_dir / recipe.name
+    if resume and (folder / CARD_FILE).is_file():
+        console.print(f"{recipe.name}: already trained ({folder})")
+        return folder
+    _check_fresh(folder, resume)
+    run = _prepare(recipe, folder, resume, console)
+    with _stop_requests() as stop:
+        _loop(run, stop, console, on_step)
+    _finish(run, console)
+    return folder
+
+
+def _check_fresh(folder: Path, resume: bool) -> None:
+    if resume:
+        return
+    if (folder / CARD_FILE).is_file():
+        raise DomainLMError(f"{folder}: already holds a trained expert (pick another name)")
+    if ckpt.checkpoints(folder / "checkpoints"):
+        raise DomainLMError(
+            f"{folder}: holds checkpoints of an unfinished run: pass --resume to continue it"
+        )
+
+
+def _prepare(recipe: Recipe, folder: Path, resume: bool, console: Console) -> Run:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = choose_precision(recipe.base.dtype, device)
+    accelerator = Accelerator(mixed_precision=precision.autocast, cpu=device == "cpu")
+    set_threads()
+    set_seed(recipe.seed)
+    base = load_model(recipe, precision, device)
+    chat_format = make_format(recipe, base.tokenizer)
+    datasets = load_datasets(recipe, base.tokenizer, chat_format)
+    dev_examples, dev_conversations = load_dev(recipe, base.tokenizer, chat_format)
+    optim = recipe.optim
+    model = attach_lora(
+        base.model, recipe.lora, optim.gradient_checkpointing, recipe.base.load_in_4bit
+    )
+    plan = BatchPlan(
+        datasets, optim.batch_size, optim.max_seq_len, optim.packing,
+        base.tokenizer.pad_token_id, recipe.seed,
+    )  # fmt: skip
+    total = count_steps(optim, len(plan.epoch(0)), accelerator.num_processes)
+    optimizer, scheduler = make_optimizer(model, optim, total)
+    dev = eval_batches(dev_examples, optim.batch_size, optim.max_seq_len, plan.pad_id)
+    run = Run(
+        recipe, folder, accelerator, base, chat_format, model, plan, dev,
+        dev_conversations, total, optimizer, scheduler,
+    )  # fmt: skip
+    if resume:
+        _restore(run, console)
+    elif run.main:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / METRICS_FILE).write_text("", encoding="utf-8")
+    run.loss_model, run.optimizer = accelerator.prepare(LossModel(model), optimizer)
+    return run
+
+
+def _restore(run: Run, console: Console) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    latest = ckpt.latest_checkpoint(run.checkpoints)
+    if latest is None:
+        console.print("no checkpoint yet: starting from step 0")
+        if run.main:
+            run.folder.mkdir(parents=True, exist_ok=True)
+            (run.folder / METRICS_FILE).write_text("", encoding="utf-8")
+        return
+    saved = ckpt.load_state(latest)
+    recipe_now = run.recipe.model_dump(mode="json")
+    changed = [key for key, value in saved["recipe"].items() if recipe_now.get(key) != value]
+    if changed:
+        raise DomainLMError(
+            f"{latest}: the recipe changed since this run started ({', '.join(changed)}); "
+            "resume with the same recipe or train under a new name"
+        )
+    set_peft_model_state_dict(run.model, load_file(latest / "adapter_model.safetensors"))
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.state = RunState(**saved["state"])
+    ckpt.set_rng_state(saved["rng"])
+    if run.main:
+        truncate_metrics(run.folder / METRICS_FILE, run.state.step)
+    console.print(f"resuming from {latest.name} (step {run.state.step} of {run.total_steps})")
+
+
+def _loop(
+    run: Run,
+    stop: Callable[[], bool],
+    console: Console,
+    on_step: Callable[[int, dict[str, Any]], None] | None,
+) -> None:
+    recipe, state, acc = run.recipe, run.state, run.accelerator
+    per_step = recipe.optim.grad_accum * acc.num_processes
+    stream = run.plan.batches(start=state.micro_batches)
+    batches_per_epoch = len(run.plan.epoch(0))
+    run.loss_model.train()
+    with TrainProgress(console, run.total_steps, state.step, enabled=run.main) as progress:
+        while state.step < run.total_steps:
+            started = time.perf_counter()
+            lr = run.scheduler.get_last_lr()[0]
+            group = [batch for _, batch in (next(stream) for _ in range(per_step))]
+            loss, grad_norm = _step(run, group)
+            seconds = time.perf_counter() - started
+            tokens = sum(b.tokens for b in group)
+            state.step += 1
+            state.micro_batches += per_step
+            state.tokens += tokens
+            state.trained_tokens += sum(b.trained_tokens for b in group)
+            state.train_seconds += seconds
+            state.last_loss = loss
+            row = {
+                "step": state.step,
+                "epoch": round(state.micro_batches / batches_per_epoch, 4),
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "lr": lr,
+                "tokens": tokens,
+                "tokens_per_s": round(tokens / seconds, 1),
+            }
+            improved = _maybe_evaluate(run, row)
+            _write_metrics(run, row)
+            interrupted = stop()
+            due = state.step % recipe.save_steps == 0 or state.step == run.total_steps
+            if due or improved or interrupted:
+                _save(run)
+            progress.update(state.step, loss, row["tokens_per_s"], row.get("eval_loss"))
+            if on_step is not None:
+                on_step(state.step, row)
+            if interrupted:
+                raise Interrupted(
+                    f"interrupted at step {state.step}; checkpoint saved in {run.checkpoints} "
+                    "(run again with --resume to continue)"
+                )
+
+
+def _step(run: Run, group: list[Batch]) -> tuple[float, float]:
+    """One optimiser step over `group` (all processes' micro-batches); mean loss, grad norm."""
+    acc, model = run.accelerator, run.loss_model
+    world, rank = acc.num_processes, acc.process_index
+    scale = step_scale(sum(b.trained_tokens for b in group), world)
+    mine = group[rank::world]
+    loss_sum = torch.zeros((), device=acc.device)
+    for i, batch in enumerate(mine):
+        # Gradients are synchronised once per step, on the last micro-batch.
+        sync = nullcontext() if i == len(mine) - 1 else acc.no_sync(model)
+        with sync:
+            summed = model(**_inputs(batch, acc.device))
+            acc.backward(summed * scale)
+        loss_sum += summed.detach().float()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = acc.clip_grad_norm_(params, run.recipe.optim.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    total = acc.reduce(loss_sum, reduction="sum")
+    trained = sum(b.trained_tokens for b in group)
+    return float(total) / trained, float(grad_norm)
+
+
+def _inputs(batch: Batch, device: Any) -> dict[str, Any]:
+    inputs = {
+        "input_ids": batch.input_ids.to(device),
+        "targets": batch.targets.to(device),
+        "position_ids": batch.position_ids.to(device),
+    }
+    if batch.attention_mask is not None:
+        inputs["attention_mask"] = batch.attention_mask.to(device)
+    return inputs
+
+
+def evaluate(run: Run) -> float:
+    """Mean loss per trained token over the dev set (all processes share the work)."""
+    acc = run.accelerator
+    mine = run.dev_batches[acc.process_index :: acc.num_processes]
+    sums = torch.zeros(2, device=acc.device)  # (loss sum, trained tokens)
+    run.loss_model.eval()
+    with torch.no_grad():
+        for batch in mine:
+            sums[0] += run.loss_model(**_inputs(batch, acc.device)).float()
+            sums[1] += batch.trained_tokens
+    run.loss_model.train()
+    sums = acc.reduce(sums, reduction="sum")
+    return float(sums[0] / sums[1].clamp(min=1))
+
+
+def _maybe_evaluate(run: Run, row: dict[str, Any]) -> bool:
+    """Evaluate when due; True when the eval loss is the best so far."""
+    state = run.state
+    due = state.step % run.recipe.eval.eval_steps == 0 or state.step == run.total_steps
+    if not run.dev_batches or not due:
+        return False
+    row["eval_loss"] = eval_loss = evaluate(run)
+    state.last_eval_loss = eval_loss
+    if state.best_eval_loss is None or eval_loss < state.best_eval_loss:
+        state.best_eval_loss, state.best_step = eval_loss, state.step
+        return True
+    return False
+
+
+def _write_metrics(run: Run, row: dict[str, Any]) -> None:
+    if run.main:
+        with (run.folder / METRICS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def _adapter_state(run: Run) -> dict[str, Any]:
+    """The adapter's weights, gathered from every process (FSDP/ZeRO shard them)."""
+    full = run.accelerator.get_state_dict(run.loss_model)
+    return {key.removeprefix("model."): value for key, value in full.items()}
+
+
+def _save(run: Run) -> None:
+    adapter = _adapter_state(run)  # a collective: every process takes part
+    if run.main:
+        state = {
+            "state": asdict(run.state),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "recipe": run.recipe.model_dump(mode="json"),
+        }
+        ckpt.save_checkpoint(run.checkpoints, run.state.step, run.model, adapter, state)
+        ckpt.prune(run.checkpoints, KEEP_CHECKPOINTS, run.state.best_step)
+    run.accelerator.wait_for_everyone()
+
+
+def _finish(run: Run, console: Console) -> None:
+    """Adapter, card, metrics plot and before/after samples into the expert directory."""
+    import shutil
+
+    state = run.state
+    if run.main:
+        chosen = state.best_step if state.best_step is not None else state.step
+        source = ckpt.step_dir(run.checkpoints, chosen)
+        for name in ADAPTER_FILES:
+            shutil.copyfile(source / name, run.folder / name)
+        metrics = read_metrics(run.folder / METRICS_FILE)
+        plot_loss(metrics, run.folder / PLOT_FILE, f"{run.recipe.name} ({run.recipe.stage})")
+        samples = before_after(run, console) if run.recipe.eval.samples else []
+        write_card(run.folder, _card(run, chosen, samples))
+        console.print(f"expert written to {run.folder} (adapter from step {chosen})")
+    run.accelerator.wait_for_everyone()
+
+
+def _card(run: Run, chosen: int, samples: list[dict[str, str]]) -> ExpertCard:
+    recipe, state = run.recipe, run.state
+    return ExpertCard(
+        name=recipe.name,
+        description=recipe.description,
+        base=BaseRef(
+            model=recipe.base.path,
+            content_hash=run.base.content_hash,
+            chat_format=recipe.base.chat_format,
+        ),
+        stage=recipe.stage,
+        system_prompt=recipe.system_prompt,
+        datasets=[
+            DatasetRef(
+                path=str(d.path), content_hash=d.content_hash, examples=len(d.examples),
+                weight=d.weight,
+            )
+            for d in run.plan.datasets
+        ],  # fmt: skip
+        metrics={
+            "steps": state.step,
+            "adapter_step": chosen,
+            "train_loss": state.last_loss,
+            "eval_loss": state.last_eval_loss,
+            "best_eval_loss": state.best_eval_loss,
+            "tokens": state.tokens,
+            "trained_tokens": state.trained_tokens,
+            "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
+        },
+        recipe=recipe.model_dump(mode="json"),
+        samples=samples,
+        domainlm_version=__version__,
+    )
+
+
+@contextmanager
+def _stop_requests() -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C / SIGTERM into a request to save and stop after this step.
+
+    A second Ctrl-C interrupts at once. In a multi-process run all processes agree (the
+    request is all-reduced) so they save the same step.
+    """
+    requested = [False]
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested[0]:
+            raise KeyboardInterrupt
+        requested[0] = True
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:
+            pass  # not the main thread: leave signals alone
+
+    def stop() -> bool:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(requested[0])])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            return bool(flag.item())
+        return requested[0]
+
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
