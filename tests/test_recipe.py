@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from domainlm.errors import DomainLMError
 from domainlm.train import recipe as recipe_module
-from domainlm.train.recipe import load_recipe
+from domainlm.train.recipe import is_manifest, load_manifest, load_recipe
 
 RECIPE = """\
 name: law-expert
@@ -110,3 +110,50 @@ def test_every_recipe_field_is_described() -> None:
     for section in sections:
         for name, field in section.model_fields.items():
             assert field.description, f"{section.__name__}.{name} has no description"
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads_and_names_its_command(path: Path) -> None:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith(f"# domainlm train recipes/{path.name}")
+    recipes = load_manifest(path) if is_manifest(path) else [load_recipe(path)]
+    assert recipes and all(r.name and r.datasets for r in recipes)
+    for recipe in recipes:
+        for dataset in recipe.datasets:
+            # Paths under examples/ ship with DomainLM; ../data/ is the user's own.
+            if "examples" in dataset.path.parts:
+                assert dataset.path.is_file(), dataset.path
+
+
+@pytest.mark.parametrize(
+    "path", sorted((RECIPES / "accelerate").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_accelerate_config_is_valid(path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# accelerate launch --config_file recipes/accelerate/")
+    command_recipe = first.split(" train ")[1].split()[0]
+    assert (RECIPES.parent / command_recipe).is_file()
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 2 and config.mixed_precision == "bf16"
+
+
+def test_manifest_errors_name_the_expert(tmp_path: Path) -> None:
+    path = tmp_path / "experts.yaml"
+    path.write_text(
+        "defaults: {base: {path: tiny}, optim: {max_steps: 1}, output_dir: out}\n"
+        "experts:\n  - {name: a, datasets: [{path: a.jsonl}]}\n  - {name: b}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DomainLMError, match=r"experts\[1\] \(b\): datasets: Field required"):
+        load_manifest(path)
+    path.write_text("experts: []\n", encoding="utf-8")
+    with pytest.raises(DomainLMError, match="non-empty list"):
+        load_manifest(path)
+    path.write_text("experts: [{name: a}]\nrecipe: 1\n", encoding="utf-8")
+    with pytest.raises(DomainLMError, match="unknown key"):
+        load_manifest(path)

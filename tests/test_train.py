@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from domainlm.chat.formats import IGNORE_INDEX, get_format
 from domainlm.chat.conversation import Conversation
+from domainlm.chat.formats import IGNORE_INDEX, get_format
 from domainlm.models import build_tiny_model
 from domainlm.train.batching import file_hash
 from domainlm.train.expert import read_card
@@ -103,7 +103,9 @@ def test_six_step_run_writes_a_complete_expert(tmp_path: Path, cli: Any, tokeniz
     assert code == 2 and "already exists" in err
 
 
-def test_memorises_eight_answers_and_trains_only_the_answers(tmp_path: Path, tokenizer: Any) -> None:
+def test_memorises_eight_answers_and_trains_only_the_answers(
+    tmp_path: Path, tokenizer: Any
+) -> None:
     recipe = load_recipe(
         write_recipe(
             tmp_path,
@@ -121,7 +123,12 @@ def test_memorises_eight_answers_and_trains_only_the_answers(tmp_path: Path, tok
     chat = get_format("chatglm3", tokenizer)
     question, answer = QA[4]
     conversation = Conversation.model_validate(
-        {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+        {
+            "messages": [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ]
+        }
     )
     rendered = chat.render(conversation)
     logits = _logits(model, rendered.input_ids)[:-1]
@@ -146,7 +153,10 @@ def test_continued_pretraining_with_replay(tmp_path: Path) -> None:
     )
     general = tmp_path / "general.jsonl"
     general.write_text(
-        "".join(json.dumps({"content": f"第{i}段通用文本。天气很好。"}, ensure_ascii=False) + "\n" for i in range(5)),
+        "".join(
+            json.dumps({"content": f"第{i}段通用文本。天气很好。"}, ensure_ascii=False) + "\n"
+            for i in range(5)
+        ),
         encoding="utf-8",
     )
     recipe = load_recipe(
@@ -204,8 +214,11 @@ def test_manifest_trains_each_expert_once(
                 },
                 "experts": [
                     {"name": "consulting", "datasets": [{"path": "consult.jsonl"}]},
-                    {"name": "computing", "datasets": [{"path": "compute.jsonl"}],
-                     "optim": {"lr": 5e-4}},
+                    {
+                        "name": "computing",
+                        "datasets": [{"path": "compute.jsonl"}],
+                        "optim": {"lr": 5e-4},
+                    },
                 ],
             }
         ),

@@ -21,7 +21,16 @@ QA = [
 
 #: LoRA on every projection and the output layer: the tiny random model's frozen output
 #: layer cannot produce confident logits on its own.
-ALL_AND_HEAD = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+ALL_AND_HEAD = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "lm_head",
+]
 
 
 def write_qa(path: Path, pairs: list[tuple[str, str]] = QA) -> Path:

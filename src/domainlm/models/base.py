@@ -182,7 +182,7 @@ def convert_gguf(path: Path) -> tuple[Path, str]:
         raise DomainLMError(f"{path}: cannot read the GGUF file: {exc}") from None
     # transformers keeps a GGUF quantizer marker on the dequantised (plain fp32) model and
     # then refuses save_pretrained; the weights are ordinary tensors, so drop the marker.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 (nn.Module typing rejects None)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -254,7 +254,11 @@ class BatchPlan:
             epoch += 1
 
 
-def eval_batches(examples: list[Rendered], batch_size: int, max_seq_len: int, pad_id: int) -> list[Batch]:
+def eval_batches(
+    examples: list[Rendered], batch_size: int, max_seq_len: int, pad_id: int
+) -> list[Batch]:
     """Dev-set batches (packed, fixed order)."""
     rows = pack(examples, max_seq_len)
-    return [collate(rows[i : i + batch_size], pad_id, True) for i in range(0, len(rows), batch_size)]
+    return [
+        collate(rows[i : i + batch_size], pad_id, True) for i in range(0, len(rows), batch_size)
+    ]

@@ -27,7 +27,9 @@ from domainlm.chat.formats import IGNORE_INDEX
 CHUNK_TOKENS = 1024
 
 
-def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None) -> torch.Tensor:
+def _chunk_loss(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None
+) -> torch.Tensor:
     logits = head(hidden).float()  # (chunk, vocab)
     if cap:
         logits = cap * torch.tanh(logits / cap)
@@ -50,7 +52,12 @@ def chunked_cross_entropy(
         piece = selected[start : start + chunk]
         if torch.is_grad_enabled():
             total = total + checkpoint(
-                _chunk_loss, head, piece, wanted[start : start + chunk], softcap, use_reentrant=False
+                _chunk_loss,
+                head,
+                piece,
+                wanted[start : start + chunk],
+                softcap,
+                use_reentrant=False,
             )
         else:
             total = total + _chunk_loss(head, piece, wanted[start : start + chunk], softcap)

@@ -48,7 +48,7 @@ class LoraSpec(_Section):
     """The LoRA adapter."""
 
     r: int = Field(8, gt=0, description="Rank.")
-    alpha: float = Field(16.0, gt=0, description="Scaling numerator (scale = alpha / r).")
+    alpha: int = Field(16, gt=0, description="Scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or all-linear."
@@ -199,8 +199,10 @@ def load_manifest(path: str | Path, overrides: list[str] | None = None) -> list[
     data = _read_yaml(path)
     unknown = set(data) - {"defaults", "experts"}
     if unknown:
-        raise DomainLMError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} "
-                            "(a manifest has `defaults` and `experts`)")
+        raise DomainLMError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))} "
+            "(a manifest has `defaults` and `experts`)"
+        )
     defaults, entries = data.get("defaults") or {}, data.get("experts")
     if not isinstance(defaults, dict):
         raise DomainLMError(f"{path}: defaults: expected a mapping of recipe fields")

@@ -5,6 +5,7 @@ In: a `Recipe`. Out: the pieces `trainer.train` puts together.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -52,10 +53,9 @@ def set_threads() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     per_process = max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(per_process)
-    try:
+    # Raises when already set once in this process (a second run in the same interpreter).
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # already set once in this process (e.g. a second run in the same interpreter)
 
 
 def load_model(recipe: Recipe, precision: Precision, device: str) -> BaseModel:
@@ -83,7 +83,9 @@ def _bnb_config(precision: Precision, device: str) -> Any:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError:
-        raise DomainLMError("base.load_in_4bit needs bitsandbytes: pip install bitsandbytes") from None
+        raise DomainLMError(
+            "base.load_in_4bit needs bitsandbytes: pip install bitsandbytes"
+        ) from None
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -123,7 +125,9 @@ def load_datasets(recipe: Recipe, tokenizer: Any, chat_format: ChatFormat) -> li
             raise DomainLMError(f"datasets: {spec.path}: no such file")
         truncated = 0
         if recipe.stage == "sft":
-            examples, truncated = tokenize_sft(spec.path, chat_format, max_len, recipe.system_prompt)
+            examples, truncated = tokenize_sft(
+                spec.path, chat_format, max_len, recipe.system_prompt
+            )
         else:
             examples = tokenize_pt(spec.path, tokenizer, spec.text_field, max_len)
         if not examples:
@@ -132,7 +136,9 @@ def load_datasets(recipe: Recipe, tokenizer: Any, chat_format: ChatFormat) -> li
     return datasets
 
 
-def load_dev(recipe: Recipe, tokenizer: Any, chat_format: ChatFormat) -> tuple[list[Rendered], list[Any]]:
+def load_dev(
+    recipe: Recipe, tokenizer: Any, chat_format: ChatFormat
+) -> tuple[list[Rendered], list[Any]]:
     """Dev examples (rendered) and the dev conversations (for before/after samples)."""
     if recipe.eval.dev is None:
         return [], []
@@ -144,7 +150,9 @@ def load_dev(recipe: Recipe, tokenizer: Any, chat_format: ChatFormat) -> tuple[l
     from domainlm.data.pipeline import LoadOptions, load
 
     examples, _ = tokenize_sft(recipe.eval.dev, chat_format, max_len, recipe.system_prompt)
-    report = load([recipe.eval.dev], LoadOptions(system_prompt=recipe.system_prompt, allow_duplicates=True))
+    report = load(
+        [recipe.eval.dev], LoadOptions(system_prompt=recipe.system_prompt, allow_duplicates=True)
+    )
     return examples, report.conversations
 
 

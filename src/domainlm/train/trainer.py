@@ -13,6 +13,7 @@ step's micro-batches, and only the main process writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -283,7 +284,9 @@ def _step(run: Run, group: list[Batch]) -> tuple[float, float]:
     run.optimizer.zero_grad(set_to_none=True)
     total = acc.reduce(loss_sum, reduction="sum")
     trained = sum(b.trained_tokens for b in group)
-    return float(total) / trained, float(grad_norm)
+    # DeepSpeed clips inside its engine and returns no norm.
+    norm = float("nan") if grad_norm is None else float(grad_norm)
+    return float(total) / trained, norm
 
 
 def _inputs(batch: Batch, device: Any) -> dict[str, Any]:
@@ -385,11 +388,13 @@ def _card(run: Run, chosen: int, samples: list[dict[str, str]]) -> ExpertCard:
         system_prompt=recipe.system_prompt,
         datasets=[
             DatasetRef(
-                path=str(d.path), content_hash=d.content_hash, examples=len(d.examples),
+                path=str(d.path),
+                content_hash=d.content_hash,
+                examples=len(d.examples),
                 weight=d.weight,
             )
             for d in run.plan.datasets
-        ],  # fmt: skip
+        ],
         metrics={
             "steps": state.step,
             "adapter_step": chosen,
@@ -422,10 +427,8 @@ def _stop_requests() -> Iterator[Callable[[], bool]]:
 
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             previous[sig] = signal.signal(sig, handler)
-        except ValueError:
-            pass  # not the main thread: leave signals alone
 
     def stop() -> bool:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
