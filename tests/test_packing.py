@@ -86,6 +86,8 @@ def test_padded_batches_equal_packed(tokenizer: Any, lora_model: Any) -> None:
     assert padded.attention_mask is not None and padded.input_ids.shape[0] == 3
     packed = collate([examples], tokenizer.pad_token_id, packed=True)
     assert padded.trained_tokens == packed.trained_tokens
+    assert padded.tokens == packed.tokens == sum(len(e.input_ids) for e in examples)
+    assert padded.input_ids.numel() > padded.tokens  # padding is not counted
     assert _loss_and_grads(lora_model, padded)[0] == pytest.approx(
         float(_loss_and_grads(lora_model, packed)[0]), rel=1e-5
     )

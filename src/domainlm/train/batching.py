@@ -38,17 +38,12 @@ class Batch:
     position_ids: torch.Tensor
     attention_mask: torch.Tensor | None
     """Only for padded (unpacked) batches; packed ones rely on position_ids."""
+    tokens: int
+    """Real (non-padding) tokens."""
 
     @property
     def trained_tokens(self) -> int:
         return int((self.targets != IGNORE_INDEX).sum())
-
-    @property
-    def tokens(self) -> int:
-        """Real (non-padding) tokens."""
-        if self.attention_mask is not None:
-            return int(self.attention_mask.sum())
-        return int(self.input_ids.numel())
 
 
 @dataclass
@@ -201,9 +196,8 @@ def collate(rows: list[list[Rendered]], pad_id: int, packed: bool) -> Batch:
         mask[r, :at] = 1
         # Padding at the end of a packed row is its own segment (positions restart at 0).
         positions[r, at:] = torch.arange(width - at)
-    if packed:
-        return Batch(ids, targets, positions, None)
-    return Batch(ids, targets, positions, mask)
+    real = int(mask.sum())
+    return Batch(ids, targets, positions, None if packed else mask, real)
 
 
 @dataclass

@@ -25,6 +25,9 @@ from domainlm.chat.formats import IGNORE_INDEX
 
 #: Trained positions per logits chunk: 1024 x 150k vocab x 4 bytes = 600 MB at most.
 CHUNK_TOKENS = 1024
+#: Below this many bytes of fp32 logits for the whole batch, chunks keep their logits for
+#: backward instead of recomputing them (the recompute costs a third of the loss's time).
+RECOMPUTE_ABOVE_BYTES = 512 * 1024 * 1024
 
 
 def _chunk_loss(
@@ -48,9 +51,11 @@ def chunked_cross_entropy(
     selected = hidden[keep]  # (trained, dim)
     wanted = targets[keep]
     total = hidden.new_zeros((), dtype=torch.float32)
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    recompute = selected.shape[0] * vocab * 4 > RECOMPUTE_ABOVE_BYTES
     for start in range(0, selected.shape[0], chunk):
         piece = selected[start : start + chunk]
-        if torch.is_grad_enabled():
+        if recompute and torch.is_grad_enabled():
             total = total + checkpoint(
                 _chunk_loss,
                 head,

@@ -54,9 +54,10 @@ def before_after(run: Run, console: Console) -> list[dict[str, str]]:
     model.eval()
     prompts = [p for p in map(_prompt, run.dev_conversations) if p is not None]
     for prompt in prompts[: run.recipe.eval.samples]:
-        with model.disable_adapter():
+        with run.accelerator.autocast(), model.disable_adapter():
             before = generate(model, run.chat_format, prompt, device)
-        after = generate(model, run.chat_format, prompt, device)
+        with run.accelerator.autocast():
+            after = generate(model, run.chat_format, prompt, device)
         question = prompt.messages[-1].content or ""
         rows.append({"prompt": question, "base": before, "expert": after})
     model.train(was_training)

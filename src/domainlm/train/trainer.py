@@ -162,7 +162,11 @@ def _prepare(recipe: Recipe, folder: Path, resume: bool, console: Console) -> Ru
     dev_examples, dev_conversations = load_dev(recipe, base.tokenizer, chat_format)
     optim = recipe.optim
     model = attach_lora(
-        base.model, recipe.lora, optim.gradient_checkpointing, recipe.base.load_in_4bit
+        base.model,
+        recipe.lora,
+        optim.gradient_checkpointing,
+        recipe.base.load_in_4bit,
+        autocast=precision.autocast != "no",
     )
     plan = BatchPlan(
         datasets, optim.batch_size, optim.max_seq_len, optim.packing,
