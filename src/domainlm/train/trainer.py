@@ -58,6 +58,7 @@ from domainlm.train.setup import (
     make_format,
     make_optimizer,
     set_threads,
+    tune_allocator,
 )
 
 #: Checkpoints kept besides the best one.
@@ -155,6 +156,8 @@ def _prepare(recipe: Recipe, folder: Path, resume: bool, console: Console) -> Ru
     precision = choose_precision(recipe.base.dtype, device)
     accelerator = Accelerator(mixed_precision=precision.autocast, cpu=device == "cpu")
     set_threads()
+    if device == "cpu":
+        tune_allocator()
     set_seed(recipe.seed)
     base = load_model(recipe, precision, device)
     chat_format = make_format(recipe, base.tokenizer)
