@@ -187,7 +187,7 @@ def test_user_mistakes_get_one_line_errors(tmp_path: Path, cli: Any) -> None:
     recipe = write_recipe(tmp_path)
     csv = tmp_path / "qa.csv"
     csv.write_text("q,a\n问,答\n", encoding="utf-8")
-    assert "CSV" in _cli_error(cli, "train", recipe, f"datasets=[{{path: {csv}}}]")
+    assert "convert it first" in _cli_error(cli, "train", recipe, f"datasets=[{{path: {csv}}}]")
     assert "no such file" in _cli_error(cli, "train", recipe, "datasets=[{path: nope.jsonl}]")
     assert "not found" in _cli_error(cli, "train", recipe, "base.path=/no/such/model")
     assert "optim.lr" in _cli_error(cli, "train", recipe, "optim.lr=-1")

@@ -73,6 +73,11 @@ def tokenize_sft(
     Raises:
         DomainLMError: naming the first bad record (run `domainlm data validate` for all).
     """
+    if path.suffix.lower() in (".csv", ".tsv"):
+        raise DomainLMError(
+            f"{path}: a CSV/TSV file needs its columns mapped; convert it first: "
+            f"domainlm data convert {path} --user COLUMN --assistant COLUMN -o data.jsonl"
+        )
     report = load([path], LoadOptions(system_prompt=system_prompt, allow_duplicates=True))
     if report.rejected:
         first = report.rejected[0].lines()[0]
