@@ -1,0 +1,351 @@
+"""KnowledgeBase: build, open, search, get and verify against a KB folder.
+
+```
+KB_DIR/
+  kb.json        manifest: format version, sources, counts, tokenizer words
+  store.sqlite   documents, chunks (with statute metadata and cached tokens), laws
+  bm25/ rows.npy current.npy laws.npy   the BM25 index and per-row filters
+```
+A KB is always built (or changed) in a temporary folder next to KB_DIR and swapped in, so
+an existing KB is never left half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from domainlm.errors import DomainLMError
+from domainlm.kb import citations as cite
+from domainlm.kb.index import Bm25Index
+from domainlm.kb.laws import PREFIX, LawNames
+from domainlm.kb.sources import CHINA_LAW, Document, china_law_db, read_china_law, read_files
+from domainlm.kb.store import STORE_FILE, Chunk, Store
+from domainlm.kb.text import Tokenizer
+
+MANIFEST = "kb.json"
+FORMAT = 1
+MAX_QUERY_CHARS = 2000
+_REFERENCE = re.compile(r"第[零〇一二两三四五六七八九十百千万\d]+[条款项编章节]")
+
+Progress = Callable[[str, int, int], None]
+
+
+def _quiet(stage: str, done: int, total: int) -> None:
+    pass
+
+
+class KnowledgeBase:
+    """An opened KB folder."""
+
+    def __init__(self, folder: Path, store: Store, index: Bm25Index, manifest: dict[str, Any]):
+        self.folder = folder
+        self.store = store
+        self.index = index
+        self.manifest = manifest
+        self.laws = LawNames(manifest.get("laws", []))
+        self.law_of_row = np.load(folder / "laws.npy")
+        self._tokenizer: Tokenizer | None = None
+
+    @classmethod
+    def open(cls, folder: str | Path) -> KnowledgeBase:
+        """Open a built KB.
+
+        Raises:
+            DomainLMError: if `folder` is not a knowledge base.
+        """
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        store = Store(folder / STORE_FILE)
+        return cls(folder, store, Bm25Index.load(folder), manifest)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:  # jieba's dictionary takes ~0.5 s: load on first query
+            self._tokenizer = Tokenizer(self.manifest.get("user_words", []))
+        return self._tokenizer
+
+    def close(self) -> None:
+        self.store.close()
+
+    def search(
+        self, query: str, k: int = 5, current_only: bool = True, law: str | None = None
+    ) -> list[Chunk]:
+        """The `k` chunks that best answer `query`: articles the query cites first, then BM25.
+
+        Raises:
+            DomainLMError: for an empty or over-long query, or an unknown `law`.
+        """
+        query = query.strip()
+        if not query:
+            raise DomainLMError("empty query")
+        if len(query) > MAX_QUERY_CHARS:
+            raise DomainLMError(f"query of {len(query)} characters (at most {MAX_QUERY_CHARS})")
+        wanted_law = None
+        if law is not None:
+            wanted_law = self.laws.resolve(law)
+            if wanted_law is None:
+                raise DomainLMError(f"no law named {law!r} in this knowledge base")
+        direct = self._direct(query, wanted_law)
+        scores = self._scores(query, wanted_law, current_only)
+        exclude = {c.id for c in direct}
+        top = np.argsort(-scores)[: k + len(exclude)]
+        ids = [int(self.index.rows[i]) for i in top if scores[i] > 0]
+        found = self.store.chunks(ids)
+        ranked = list(direct)
+        for row in top:
+            chunk = found.get(int(self.index.rows[row]))
+            if chunk is not None and chunk.id not in exclude:
+                chunk.score, chunk.via = float(scores[row]), "bm25"
+                ranked.append(chunk)
+        return ranked[:k]
+
+    def _direct(self, query: str, wanted_law: str | None) -> list[Chunk]:
+        hits = []
+        for citation in cite.extract(query, self):
+            if citation.law is None or (wanted_law and citation.law != wanted_law):
+                continue
+            versions = self.store.articles(citation.law, citation.article)
+            if versions:
+                versions[0].score, versions[0].via = float("inf"), "cited"
+                hits.append(versions[0])
+        return hits
+
+    def _scores(self, query: str, wanted_law: str | None, current_only: bool) -> np.ndarray:
+        terms = self.tokenizer.tokens(_REFERENCE.sub(" ", query))
+        weighted: dict[str, float] = {}
+        for term in terms:
+            weighted[term] = weighted.get(term, 0.0) + 1.0
+        scores = self.index.scores(weighted)
+        if current_only:
+            scores = scores * self.index.current
+        named = [wanted_law] if wanted_law else self.laws.mentioned(query)
+        if named:
+            law_ids = [self.manifest["laws"].index(n) for n in named if n in self.manifest["laws"]]
+            in_named = np.isin(self.law_of_row, law_ids)
+            scores = scores * np.where(in_named, 1.0, 0.0 if wanted_law else 0.6)
+        return scores
+
+    def get(self, law: str, number: int) -> list[Chunk]:
+        """Every version of article `number` of `law` (current first).
+
+        Raises:
+            DomainLMError: for an unknown law or article.
+        """
+        name = self.laws.resolve(law)
+        if name is None:
+            raise DomainLMError(f"no law named {law!r} in this knowledge base")
+        versions = self.store.articles(name, number)
+        if not versions:
+            last = self.store.max_article(name)
+            raise DomainLMError(f"{name} has no article {number} (articles 1-{last})")
+        return versions
+
+    def verify(self, text: str) -> list[cite.Citation]:
+        return cite.verify(text, self)
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.store.stats()
+        stats["built"] = self.manifest.get("built")
+        stats["index_rows"] = len(self.index.rows)
+        return stats
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise DomainLMError(f"{folder}: not a knowledge base (no {MANIFEST}; build one with kb build)")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DomainLMError(f"{path}: unreadable manifest ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise DomainLMError(f"{folder}: knowledge base format {manifest.get('format')} (expected {FORMAT})")
+    return manifest
+
+
+def build(
+    folder: str | Path, sources: list[str], progress: Progress = _quiet, workers: int | None = None
+) -> KnowledgeBase:
+    """Build a KB at `folder` from `sources` (`china-law`, a laws.db, files or folders),
+    replacing any KB already there."""
+    folder = Path(folder)
+    if not sources:
+        raise DomainLMError("give at least one --source (china-law, a file or a folder)")
+    _check_replaceable(folder)
+    with _staging(folder, copy=False) as staging:
+        store = Store(staging / STORE_FILE)
+        _ingest(store, sources, progress)
+        _finish(staging, store, progress, workers)
+    return KnowledgeBase.open(folder)
+
+
+def add(folder: str | Path, sources: list[str], progress: Progress = _quiet) -> tuple[int, int]:
+    """Add `sources` to the KB at `folder`; documents already there (same content) are
+    skipped. Returns (documents added, skipped)."""
+    folder = Path(folder)
+    read_manifest(folder)
+    with _staging(folder, copy=True) as staging:
+        store = Store(staging / STORE_FILE)
+        counts = _ingest(store, sources, progress)
+        _finish(staging, store, progress, None)
+    return counts
+
+
+def remove(folder: str | Path, sources: list[str], progress: Progress = _quiet) -> int:
+    """Remove the documents read from `sources` (as listed by `kb stats`); how many."""
+    folder = Path(folder)
+    read_manifest(folder)
+    with _staging(folder, copy=True) as staging:
+        store = Store(staging / STORE_FILE)
+        removed = sum(store.remove_source(_source_name(s)) for s in sources)
+        if not removed:
+            store.close()
+            raise DomainLMError(f"no documents from {', '.join(sources)} in {folder}")
+        _finish(staging, store, progress, None)
+    return removed
+
+
+def _source_name(source: str) -> str:
+    if source == CHINA_LAW:
+        return str(china_law_db())
+    return str(Path(source))
+
+
+def _documents(source: str) -> Iterable[Document]:
+    if source == CHINA_LAW:
+        yield read_china_law(china_law_db())
+    elif source.endswith(".db"):
+        yield read_china_law(Path(source))
+    else:
+        yield from read_files(Path(source))
+
+
+def _ingest(store: Store, sources: list[str], progress: Progress) -> tuple[int, int]:
+    added = skipped = 0
+    for source in sources:
+        for document in _documents(source):
+            if store.has_doc(document.content_hash):
+                skipped += 1
+                continue
+            store.add_doc(document.source, document.title, document.kind, document.content_hash, document.chunks)
+            store.add_laws(document.laws)
+            added += 1
+            progress("read", added, 0)
+    store.commit()
+    return added, skipped
+
+
+def _user_words(law_names: list[str]) -> list[str]:
+    words = set()
+    for name in law_names:
+        words.add(name)
+        if name.startswith(PREFIX):
+            words.add(name[len(PREFIX) :])
+    return sorted(words)
+
+
+def _tokenize_batch(args: tuple[list[str], list[str]]) -> list[str]:
+    words, texts = args
+    tokenizer = _worker_tokenizer(words)
+    return [" ".join(tokenizer.tokens(_REFERENCE.sub(" ", t))) for t in texts]
+
+
+_WORKER: dict[tuple[str, ...], Tokenizer] = {}
+
+
+def _worker_tokenizer(words: list[str]) -> Tokenizer:
+    key = tuple(words)
+    if key not in _WORKER:
+        _WORKER.clear()
+        _WORKER[key] = Tokenizer(words)
+    return _WORKER[key]
+
+
+def _finish(staging: Path, store: Store, progress: Progress, workers: int | None) -> None:
+    """Tokenize new chunks (in parallel), rebuild the index, write the manifest."""
+    started = time.perf_counter()
+    law_names = sorted(store.law_names())
+    words = _user_words(law_names)
+    pending = store.untokenized()
+    batches = [pending[i : i + 1000] for i in range(0, len(pending), 1000)]
+    workers = workers or max(1, min(len(batches), os.cpu_count() or 1))
+    done = 0
+    if batches:
+        jobs = [(words, [text for _, text in batch]) for batch in batches]
+        if workers == 1:
+            results: Iterable[list[str]] = map(_tokenize_batch, jobs)
+            pool = None
+        else:
+            pool = ProcessPoolExecutor(max_workers=workers)
+            results = pool.map(_tokenize_batch, jobs)
+        for batch, tokens in zip(batches, results, strict=True):
+            store.set_tokens((joined, chunk_id) for (chunk_id, _), joined in zip(batch, tokens, strict=True))
+            done += len(batch)
+            progress("tokenize", done, len(pending))
+        if pool is not None:
+            pool.shutdown()
+    store.commit()
+    rows = list(store.all_tokens())
+    if not rows:
+        raise DomainLMError("the sources hold no text")
+    law_index = {name: i for i, name in enumerate(law_names)}
+    law_of = {cid: law_index.get(law, -1) for cid, law in store.conn.execute("SELECT id, law FROM chunks")}
+    index = Bm25Index.build([r[0] for r in rows], [r[1].split() for r in rows], [r[2] for r in rows])
+    index.save(staging)
+    np.save(staging / "laws.npy", np.asarray([law_of[r[0]] for r in rows], dtype=np.int32))
+    manifest = {
+        "format": FORMAT,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "sources": [r[0] for r in store.conn.execute("SELECT DISTINCT source FROM docs")],
+        "chunks": len(rows),
+        "laws": law_names,
+        "user_words": words,
+        "build_seconds": round(time.perf_counter() - started, 2),
+    }
+    store.close()
+    (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    progress("index", len(rows), len(rows))
+
+
+def _check_replaceable(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise DomainLMError(f"{folder}: exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST).is_file():
+        raise DomainLMError(f"{folder}: a non-empty folder that is not a knowledge base (not replacing it)")
+
+
+class _staging:
+    """A temp folder next to `folder`, swapped in on success and removed on failure."""
+
+    def __init__(self, folder: Path, copy: bool):
+        self.folder, self.copy = folder, copy
+
+    def __enter__(self) -> Path:
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", dir=self.folder.parent))
+        if self.copy:
+            shutil.copy2(self.folder / STORE_FILE, self.path / STORE_FILE)
+        return self.path
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if error is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        old = None
+        if self.folder.exists():
+            old = self.folder.with_name(f".{self.folder.name}.old-{os.getpid()}")
+            os.replace(self.folder, old)
+        os.replace(self.path, self.folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""Chinese text for retrieval: tokens (jieba with legal terms kept whole) and chunking."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from importlib import resources
+
+#: Function words and question phrasing that carry no topic.
+STOPWORDS = frozenset(
+    "的 了 是 在 和 与 对 于 由 从 被 把 及 或 并 等 请问 我 你 他 她 它 我们 他们 这 那 个 之 其 "
+    "什么 怎么 怎样 如何 怎么办 吗 呢 吧 啊 一下 有关 关于 应该 可以 是否 有没有 如果 因为 所以 "
+    "但是 然后 因此 需要 能 能否 会 要 哪些 哪个 哪 根据 规定 法律 条 第 为 以 及其 也 都 就 "
+    "还 又 而 则 中 上 下 时 后 前 给 让 向 将 已 已经 没有 不 有 一个 一些 某 某个".split()
+)
+_KEEP = re.compile(r"[\w\u4e00-\u9fff]")
+_SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|\n+")
+_LEGAL_TERMS = "legal_terms.txt"
+
+
+def legal_terms() -> list[str]:
+    text = resources.files("domainlm.kb").joinpath("data").joinpath(_LEGAL_TERMS).read_text("utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+class Tokenizer:
+    """jieba in search mode (long words also give their parts), with user words kept whole.
+
+    One jieba instance per Tokenizer, so user words never leak into other users of jieba.
+    """
+
+    def __init__(self, user_words: Iterable[str] = ()):
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        self._jieba = jieba.Tokenizer()
+        self._jieba.initialize()
+        for word in [*legal_terms(), *user_words]:
+            self._jieba.add_word(word, freq=2000)
+
+    def tokens(self, text: str) -> list[str]:
+        return [
+            token.lower()
+            for token in self._jieba.cut_for_search(text)
+            if token.strip() and _KEEP.search(token) and token not in STOPWORDS
+        ]
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences at 。！？； and line breaks, punctuation kept."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+def chunk_text(text: str, size: int = 300, overlap: int = 60) -> list[tuple[str, str]]:
+    """(heading, passage) pairs: passages of about `size` characters cut at sentence ends,
+    each starting with up to `overlap` characters of the previous one's last sentences.
+    Markdown headings (`# ...`) and short title lines become the heading of what follows."""
+    out: list[tuple[str, str]] = []
+    heading, current, length = "", [], 0
+
+    def flush() -> None:
+        nonlocal current, length
+        if current:
+            out.append((heading, "".join(current)))
+            tail: list[str] = []
+            for sentence in reversed(current):
+                if sum(map(len, tail)) + len(sentence) > overlap:
+                    break
+                tail.insert(0, sentence)
+            current, length = tail, sum(map(len, tail))
+
+    for line in text.replace("\r\n", "\n").split("\n"):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if _is_heading(stripped):
+            flush()
+            current, length = [], 0
+            heading = stripped.lstrip("#").strip()
+            continue
+        for sentence in sentences(stripped):
+            if length + len(sentence) > size and length > overlap:
+                flush()
+            current.append(sentence)
+            length += len(sentence)
+    if current and (not out or "".join(current) not in out[-1][1]):
+        out.append((heading, "".join(current)))
+    return out
+
+
+def _is_heading(line: str) -> bool:
+    if line.startswith("#"):
+        return True
+    return len(line) <= 30 and not re.search(r"[。！？；，,.!?;:：]$", line) and bool(
+        re.match(r"^(第[一二三四五六七八九十百零\d]+[章节编部分]|[一二三四五六七八九十]+、|\d+(\.\d+)*\s)", line)
+    )
