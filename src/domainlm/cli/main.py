@@ -7,7 +7,7 @@ import sys
 import typer
 
 from domainlm import __version__
-from domainlm.cli import data, demo, train
+from domainlm.cli import data, demo, kb, train
 from domainlm.cli.console import err
 from domainlm.errors import DomainLMError
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(data.app, name="data")
+app.add_typer(kb.app, name="kb")
 app.command("demo")(demo.demo)
 app.command("train")(train.train)
 app.command("export")(train.export)

@@ -31,9 +31,11 @@ from domainlm.kb.index import Bm25Index
 from domainlm.kb.laws import PREFIX, LawNames
 from domainlm.kb.sources import CHINA_LAW, Document, china_law_db, read_china_law, read_files
 from domainlm.kb.store import STORE_FILE, Chunk, Store
-from domainlm.kb.text import Tokenizer
+from domainlm.kb.text import Tokenizer, synonyms
 
 MANIFEST = "kb.json"
+#: Weight of terms added by the synonym file, relative to the query's own terms.
+EXPANSION_WEIGHT = 0.5
 FORMAT = 1
 MAX_QUERY_CHARS = 2000
 _REFERENCE = re.compile(r"第[零〇一二两三四五六七八九十百千万\d]+[条款项编章节]")
@@ -126,6 +128,10 @@ class KnowledgeBase:
         weighted: dict[str, float] = {}
         for term in terms:
             weighted[term] = weighted.get(term, 0.0) + 1.0
+        for word, expansions in synonyms().items():
+            if all(part in query for part in word.split("+")):
+                for term in expansions:
+                    weighted.setdefault(term, EXPANSION_WEIGHT)
         scores = self.index.scores(weighted)
         if current_only:
             scores = scores * self.index.current

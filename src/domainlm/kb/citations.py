@@ -22,7 +22,7 @@ _ARTICLE = re.compile(
     rf"(?:\s*第\s*(?P<para>{_NUM})\s*款)?(?:\s*第\s*(?P<item>{_NUM})\s*项)?"
 )
 _BOOK = re.compile(r"《([^《》]{1,40})》\s*$")
-_SAME_LAW = re.compile(r"^\s*(?:本法|该法|同法|此法)\s*$")
+_SAME_LAW_WORDS = ("本法", "该法", "同法", "此法")
 _LIST_GLUE = re.compile(r"^\s*(?:[、，,和及与或]|以及|或者|和第)\s*$")
 
 #: Verdicts of `verify`.
@@ -63,7 +63,7 @@ def extract(text: str, kb: KnowledgeBase) -> list[Citation]:
         before = text[last_end : match.start()]
         written, law, start = _law_before(text, match.start(), before, kb)
         if written is None and previous_law is not None and (
-            _LIST_GLUE.match(before) or _SAME_LAW.search(before[-4:] if before else "")
+            _LIST_GLUE.match(before) or before.rstrip().endswith(_SAME_LAW_WORDS)
         ):
             written, law = previous_law
             start = match.start()
@@ -98,7 +98,7 @@ def _law_before(
     if book:
         written = book.group(1)
         return written, kb.laws.resolve(written), book.start()
-    if head.endswith(("本法", "该法", "同法", "此法")):
+    if head.endswith(_SAME_LAW_WORDS):
         return None, None, at
     found = kb.laws.ending_at(head, len(head))
     if found:

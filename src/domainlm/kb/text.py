@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable
@@ -20,8 +21,21 @@ _LEGAL_TERMS = "legal_terms.txt"
 
 
 def legal_terms() -> list[str]:
-    text = resources.files("domainlm.kb").joinpath("data").joinpath(_LEGAL_TERMS).read_text("utf-8")
+    path = resources.files("domainlm.kb").joinpath("data").joinpath(_LEGAL_TERMS)
+    text = path.read_text("utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@functools.cache
+def synonyms() -> dict[str, list[str]]:
+    """Everyday word -> statute terms (data/synonyms.txt)."""
+    path = resources.files("domainlm.kb").joinpath("data").joinpath("synonyms.txt")
+    table = {}
+    for line in path.read_text("utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            word, *terms = line.split()
+            table[word] = terms
+    return table
 
 
 class Tokenizer:
