@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from pathlib import Path
@@ -92,7 +93,9 @@ def test_search_finds_articles_for_plain_and_colloquial_questions(law_kb: Knowle
     assert (hit.law, hit.article_num, hit.via) == (CIVIL_PROCEDURE, 122, "cited")
     # Superseded and repealed versions only on request.
     assert all(c.is_current for c in law_kb.search("条文", k=10))
-    statuses = {c.status for c in law_kb.search("条文被取代 废止的诉讼程序", k=10, current_only=False)}
+    statuses = {
+        c.status for c in law_kb.search("条文被取代 废止的诉讼程序", k=10, current_only=False)
+    }
     assert {"历史版本", "已废止"} <= statuses
     assert {c.law for c in law_kb.search("定金 借款", k=5, law="民法典")} == {CIVIL}
 
@@ -138,7 +141,9 @@ def _docs(folder: Path) -> Path:
         encoding="utf-8",
     )
     (folder / "faq.jsonl").write_text(
-        json.dumps({"text": "公司的试用期为三个月，试用期工资为正式工资的百分之八十。"}, ensure_ascii=False)
+        json.dumps(
+            {"text": "公司的试用期为三个月，试用期工资为正式工资的百分之八十。"}, ensure_ascii=False
+        )
         + "\n",
         encoding="utf-8",
     )
@@ -171,6 +176,20 @@ def test_folder_of_mixed_documents_add_and_remove(tmp_path: Path) -> None:
     assert all(c.source != str(extra) for c in kb.search("食堂开饭", k=5))
     with pytest.raises(DomainLMError, match="no documents from"):
         remove(tmp_path / "kb", [str(extra)])
+
+
+def test_one_document_kb(tmp_path: Path) -> None:
+    from domainlm.kb.base import from_document
+
+    path = tmp_path / "report.txt"
+    path.write_text(
+        "第一部分 概况\n本公司去年营业收入为十二亿元。净利润同比增长百分之八。\n"
+        "第二部分 风险\n主要风险来自原材料价格波动。",
+        encoding="utf-8",
+    )
+    kb = from_document(path)
+    assert "原材料价格" in kb.search("公司面临什么风险", k=1)[0].text
+    assert kb.stats()["documents"] == 1
 
 
 def test_bad_sources_leave_the_existing_kb_intact(tmp_path: Path, cli: Any) -> None:
@@ -215,9 +234,18 @@ def test_cli_search_get_verify_eval(law_kb: KnowledgeBase, tmp_path: Path, cli: 
     assert code == 1 and json.loads(out)["verdict"] == "no_such_article"
     qrels = tmp_path / "qrels.jsonl"
     qrels.write_text(
-        json.dumps({"query": "借款人应当按照约定期限返还借款吗", "relevant": [{"law": CIVIL, "article_no": 675}]}, ensure_ascii=False)
+        json.dumps(
+            {
+                "query": "借款人应当按照约定期限返还借款吗",
+                "relevant": [{"law": CIVIL, "article_no": 675}],
+            },
+            ensure_ascii=False,
+        )
         + "\n"
-        + json.dumps({"query": "正当防卫是什么", "relevant": [{"law": "刑法", "article_no": 20}]}, ensure_ascii=False)
+        + json.dumps(
+            {"query": "正当防卫是什么", "relevant": [{"law": "刑法", "article_no": 20}]},
+            ensure_ascii=False,
+        )
         + "\n",
         encoding="utf-8",
     )
@@ -236,7 +264,7 @@ def test_chunking_cuts_at_sentences_with_overlap_and_headings() -> None:
     assert len(pieces) > 3 and all(h == "第一章" for h, _ in pieces)
     assert all(len(p) <= 100 + 20 for _, p in pieces)
     assert all(p.endswith("。") for _, p in pieces)
-    for (_, a), (_, b) in zip(pieces, pieces[1:], strict=False):
+    for (_, a), (_, b) in itertools.pairwise(pieces):
         assert b.startswith(a[a.rfind("第", 0, len(a) - 1) :]) or a[-10:] in b  # overlap
 
 
@@ -254,5 +282,7 @@ def test_the_real_statute_database(tmp_path: Path) -> None:
     top = [(c.law, c.article_num) for c in kb.search("什么是定金？", k=3)]
     assert (CIVIL, 586) in top
     assert kb.search("借钱不还怎么办？", k=1)[0].article_num == 675
-    verdicts = [c.verdict for c in kb.verify("《民法典》第五百八十六条；刑法第二十条第二款；民法典第2000条")]
+    verdicts = [
+        c.verdict for c in kb.verify("《民法典》第五百八十六条；刑法第二十条第二款；民法典第2000条")
+    ]
     assert verdicts == ["current", "amended", "no_such_article"]

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from domainlm.cli.console import err, out
@@ -34,7 +41,7 @@ class _Bar:
             TimeElapsedColumn(), console=err, transient=True,
         )  # fmt: skip
         self.progress.start()
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
         return self
 
     def __exit__(self, *args: object) -> None:
@@ -72,7 +79,9 @@ def build(
 
 
 @app.command()
-def add(kb_dir: KbDir, paths: Annotated[list[str], typer.Argument(help="Files, folders or china-law.")]) -> None:
+def add(
+    kb_dir: KbDir, paths: Annotated[list[str], typer.Argument(help="Files, folders or china-law.")]
+) -> None:
     """Add documents; ones already in the KB (same content) are skipped."""
     from domainlm.kb.base import add as add_docs
 
@@ -82,7 +91,10 @@ def add(kb_dir: KbDir, paths: Annotated[list[str], typer.Argument(help="Files, f
 
 
 @app.command()
-def remove(kb_dir: KbDir, sources: Annotated[list[str], typer.Argument(help="Sources as kb stats lists them.")]) -> None:
+def remove(
+    kb_dir: KbDir,
+    sources: Annotated[list[str], typer.Argument(help="Sources as kb stats lists them.")],
+) -> None:
     """Remove the documents read from the given sources."""
     from domainlm.kb.base import remove as remove_docs
 
@@ -94,7 +106,9 @@ def remove(kb_dir: KbDir, sources: Annotated[list[str], typer.Argument(help="Sou
 @app.command()
 def search(
     kb_dir: KbDir,
-    query: Annotated[str, typer.Argument(help="A question, in everyday words or with 《法》第N条.")],
+    query: Annotated[
+        str, typer.Argument(help="A question, in everyday words or with 《法》第N条.")
+    ],
     k: Annotated[int, typer.Option("-k", min=1, max=100, help="How many results.")] = 5,
     law: Annotated[str | None, typer.Option("--law", help="Only this law (name or alias).")] = None,
     all_versions: Annotated[
@@ -107,9 +121,12 @@ def search(
     hits = kb.search(query, k=k, current_only=not all_versions, law=law)
     if as_json:
         for hit in hits:
-            record = {"citation": hit.citation, "law": hit.law, "article": hit.article_num,
-                      "status": hit.status, "source": hit.source, "via": hit.via,
-                      "score": None if hit.via == "cited" else round(hit.score, 4), "text": hit.text}  # fmt: skip
+            score = None if hit.via == "cited" else round(hit.score, 4)
+            record = {
+                "citation": hit.citation, "law": hit.law, "article": hit.article_num,
+                "status": hit.status, "source": hit.source, "via": hit.via, "score": score,
+                "text": hit.text,
+            }  # fmt: skip
             out.print(json.dumps(record, ensure_ascii=False), markup=False, highlight=False)
         return
     if not hits:
@@ -134,7 +151,9 @@ def get(
         raise DomainLMError(f"{article!r} is not an article number")
     kb = _open(kb_dir)
     for chunk in kb.get(law, number):
-        out.print(f"{chunk.citation} [{chunk.status}] {chunk.chapter or ''}", markup=False, style="bold")
+        out.print(
+            f"{chunk.citation} [{chunk.status}] {chunk.chapter or ''}", markup=False, style="bold"
+        )
         out.print(chunk.text, markup=False, highlight=False)
 
 
@@ -191,7 +210,8 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Retrieval quality: recall@1/3/5/10, MRR@10, latency p50/p95."""
-    from domainlm.kb.evaluate import evaluate as run, read_qrels
+    from domainlm.kb.evaluate import evaluate as run
+    from domainlm.kb.evaluate import read_qrels
 
     kb = _open(kb_dir)
     items = read_qrels(qrels)
@@ -206,7 +226,9 @@ def evaluate(
         out.print(json.dumps({**result, "misses": misses}, ensure_ascii=False), markup=False)
         return
     for key, value in result.items():
-        out.print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}", markup=False)
+        out.print(
+            f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}", markup=False
+        )
 
 
 def _open(kb_dir: Path) -> KnowledgeBase:

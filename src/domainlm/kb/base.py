@@ -170,13 +170,17 @@ class KnowledgeBase:
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.is_file():
-        raise DomainLMError(f"{folder}: not a knowledge base (no {MANIFEST}; build one with kb build)")
+        raise DomainLMError(
+            f"{folder}: not a knowledge base (no {MANIFEST}; build one with kb build)"
+        )
     try:
         manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DomainLMError(f"{path}: unreadable manifest ({exc})") from None
     if manifest.get("format") != FORMAT:
-        raise DomainLMError(f"{folder}: knowledge base format {manifest.get('format')} (expected {FORMAT})")
+        raise DomainLMError(
+            f"{folder}: knowledge base format {manifest.get('format')} (expected {FORMAT})"
+        )
     return manifest
 
 
@@ -194,6 +198,18 @@ def build(
         _ingest(store, sources, progress)
         _finish(staging, store, progress, workers)
     return KnowledgeBase.open(folder)
+
+
+def from_document(path: str | Path) -> KnowledgeBase:
+    """A throwaway KB over one PDF/text/docx file (the "chat with this document" pattern).
+
+    The KB lives in a temporary folder removed when the process exits.
+    """
+    import atexit
+
+    folder = Path(tempfile.mkdtemp(prefix="domainlm-doc-kb-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return build(folder / "kb", [str(path)], workers=1)
 
 
 def add(folder: str | Path, sources: list[str], progress: Progress = _quiet) -> tuple[int, int]:
@@ -244,7 +260,13 @@ def _ingest(store: Store, sources: list[str], progress: Progress) -> tuple[int, 
             if store.has_doc(document.content_hash):
                 skipped += 1
                 continue
-            store.add_doc(document.source, document.title, document.kind, document.content_hash, document.chunks)
+            store.add_doc(
+                document.source,
+                document.title,
+                document.kind,
+                document.content_hash,
+                document.chunks,
+            )
             store.add_laws(document.laws)
             added += 1
             progress("read", added, 0)
@@ -296,7 +318,9 @@ def _finish(staging: Path, store: Store, progress: Progress, workers: int | None
             pool = ProcessPoolExecutor(max_workers=workers)
             results = pool.map(_tokenize_batch, jobs)
         for batch, tokens in zip(batches, results, strict=True):
-            store.set_tokens((joined, chunk_id) for (chunk_id, _), joined in zip(batch, tokens, strict=True))
+            store.set_tokens(
+                (joined, chunk_id) for (chunk_id, _), joined in zip(batch, tokens, strict=True)
+            )
             done += len(batch)
             progress("tokenize", done, len(pending))
         if pool is not None:
@@ -306,8 +330,12 @@ def _finish(staging: Path, store: Store, progress: Progress, workers: int | None
     if not rows:
         raise DomainLMError("the sources hold no text")
     law_index = {name: i for i, name in enumerate(law_names)}
-    law_of = {cid: law_index.get(law, -1) for cid, law in store.conn.execute("SELECT id, law FROM chunks")}
-    index = Bm25Index.build([r[0] for r in rows], [r[1].split() for r in rows], [r[2] for r in rows])
+    law_of = {
+        cid: law_index.get(law, -1) for cid, law in store.conn.execute("SELECT id, law FROM chunks")
+    }
+    index = Bm25Index.build(
+        [r[0] for r in rows], [r[1].split() for r in rows], [r[2] for r in rows]
+    )
     index.save(staging)
     np.save(staging / "laws.npy", np.asarray([law_of[r[0]] for r in rows], dtype=np.int32))
     manifest = {
@@ -320,7 +348,9 @@ def _finish(staging: Path, store: Store, progress: Progress, workers: int | None
         "build_seconds": round(time.perf_counter() - started, 2),
     }
     store.close()
-    (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    (staging / MANIFEST).write_text(
+        json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8"
+    )
     progress("index", len(rows), len(rows))
 
 
@@ -328,7 +358,9 @@ def _check_replaceable(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise DomainLMError(f"{folder}: exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST).is_file():
-        raise DomainLMError(f"{folder}: a non-empty folder that is not a knowledge base (not replacing it)")
+        raise DomainLMError(
+            f"{folder}: a non-empty folder that is not a knowledge base (not replacing it)"
+        )
 
 
 class _staging:

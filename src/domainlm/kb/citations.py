@@ -62,8 +62,10 @@ def extract(text: str, kb: KnowledgeBase) -> list[Citation]:
             continue
         before = text[last_end : match.start()]
         written, law, start = _law_before(text, match.start(), before, kb)
-        if written is None and previous_law is not None and (
-            _LIST_GLUE.match(before) or before.rstrip().endswith(_SAME_LAW_WORDS)
+        if (
+            written is None
+            and previous_law is not None
+            and (_LIST_GLUE.match(before) or before.rstrip().endswith(_SAME_LAW_WORDS))
         ):
             written, law = previous_law
             start = match.start()

@@ -76,6 +76,6 @@ def evaluate(
         **{f"recall@{k}": hits[k] / n for k in KS},
         "mrr@10": reciprocal / n,
         "latency_ms_p50": statistics.median(latencies),
-        "latency_ms_p95": latencies[min(n - 1, int(round(0.95 * (n - 1))))],
+        "latency_ms_p95": latencies[min(n - 1, round(0.95 * (n - 1)))],
         "misses": misses,
     }

@@ -143,7 +143,9 @@ def _read_text(path: Path) -> str:
             return _docx_text(path)
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise DomainLMError(f"{path}: not UTF-8 text (byte {exc.start}); convert it first") from None
+        raise DomainLMError(
+            f"{path}: not UTF-8 text (byte {exc.start}); convert it first"
+        ) from None
 
 
 def _pdf_text(path: Path) -> str:
@@ -163,7 +165,9 @@ def _docx_text(path: Path) -> str:
     try:
         import docx
     except ImportError:
-        raise DomainLMError("reading .docx files needs python-docx: pip install python-docx") from None
+        raise DomainLMError(
+            "reading .docx files needs python-docx: pip install python-docx"
+        ) from None
     try:
         document = docx.Document(str(path))
     except Exception as exc:  # python-docx raises zipfile/lxml/KeyError for corrupt files
@@ -198,7 +202,11 @@ def _table_texts(path: Path) -> list[str]:
                 except json.JSONDecodeError as exc:
                     raise DomainLMError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
                 value = next(
-                    (record.get(c) for c in TEXT_COLUMNS if isinstance(record, dict) and c in record),
+                    (
+                        record.get(c)
+                        for c in TEXT_COLUMNS
+                        if isinstance(record, dict) and c in record
+                    ),
                     None,
                 )
                 if not isinstance(value, str):
@@ -207,5 +215,7 @@ def _table_texts(path: Path) -> list[str]:
                     )
                 texts.append(value)
     except UnicodeDecodeError as exc:
-        raise DomainLMError(f"{path}: not UTF-8 text (byte {exc.start}); convert it first") from None
+        raise DomainLMError(
+            f"{path}: not UTF-8 text (byte {exc.start}); convert it first"
+        ) from None
     return [t for t in texts if t.strip()]

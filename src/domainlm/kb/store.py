@@ -146,9 +146,7 @@ class Store:
 
     def all_tokens(self) -> Iterator[tuple[int, str, bool]]:
         """(chunk id, space-joined tokens, is current) in id order."""
-        for row in self.conn.execute(
-            "SELECT id, tokens, status FROM chunks ORDER BY id"
-        ):
+        for row in self.conn.execute("SELECT id, tokens, status FROM chunks ORDER BY id"):
             yield row[0], row[1] or "", row[2] is None or row[2] in CURRENT
 
     def chunks(self, ids: list[int]) -> dict[int, Chunk]:
@@ -176,7 +174,9 @@ class Store:
         return list(self.conn.execute("SELECT * FROM laws ORDER BY name, version_date DESC"))
 
     def law_names(self) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT DISTINCT law FROM chunks WHERE law IS NOT NULL")]
+        return [
+            r[0] for r in self.conn.execute("SELECT DISTINCT law FROM chunks WHERE law IS NOT NULL")
+        ]
 
     def max_article(self, law: str) -> int:
         row = self.conn.execute("SELECT max(article_num) FROM chunks WHERE law = ?", (law,))

@@ -10,10 +10,14 @@ from importlib import resources
 
 #: Function words and question phrasing that carry no topic.
 STOPWORDS = frozenset(
-    "的 了 是 在 和 与 对 于 由 从 被 把 及 或 并 等 请问 我 你 他 她 它 我们 他们 这 那 个 之 其 "
-    "什么 怎么 怎样 如何 怎么办 吗 呢 吧 啊 一下 有关 关于 应该 可以 是否 有没有 如果 因为 所以 "
-    "但是 然后 因此 需要 能 能否 会 要 哪些 哪个 哪 根据 规定 法律 条 第 为 以 及其 也 都 就 "
-    "还 又 而 则 中 上 下 时 后 前 给 让 向 将 已 已经 没有 不 有 一个 一些 某 某个".split()
+    (  # noqa: SIM905 (a word list reads better as one string)
+        "的 了 是 在 和 与 对 于 由 从 被 把 及 或 并 等 请问 我 你 "
+        "他 她 它 我们 他们 这 那 个 之 其 什么 怎么 怎样 如何 怎么办 吗 "
+        "呢 吧 啊 一下 有关 关于 应该 可以 是否 有没有 如果 因为 所以 但是 "
+        "然后 因此 需要 能 能否 会 要 哪些 哪个 哪 根据 规定 法律 条 第 "
+        "为 以 及其 也 都 就 还 又 而 则 中 上 下 时 后 前 给 让 向 "
+        "将 已 已经 没有 不 有 一个 一些 某 某个 "
+    ).split()
 )
 _KEEP = re.compile(r"[\w\u4e00-\u9fff]")
 _SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|\n+")
@@ -71,7 +75,9 @@ def chunk_text(text: str, size: int = 300, overlap: int = 60) -> list[tuple[str,
     each starting with up to `overlap` characters of the previous one's last sentences.
     Markdown headings (`# ...`) and short title lines become the heading of what follows."""
     out: list[tuple[str, str]] = []
-    heading, current, length = "", [], 0
+    heading = ""
+    current: list[str] = []
+    length = 0
 
     def flush() -> None:
         nonlocal current, length
@@ -106,6 +112,13 @@ def chunk_text(text: str, size: int = 300, overlap: int = 60) -> list[tuple[str,
 def _is_heading(line: str) -> bool:
     if line.startswith("#"):
         return True
-    return len(line) <= 30 and not re.search(r"[。！？；，,.!?;:：]$", line) and bool(
-        re.match(r"^(第[一二三四五六七八九十百零\d]+[章节编部分]|[一二三四五六七八九十]+、|\d+(\.\d+)*\s)", line)
+    return (
+        len(line) <= 30
+        and not re.search(r"[。！？；，,.!?;:：]$", line)
+        and bool(
+            re.match(
+                r"^(第[一二三四五六七八九十百零\d]+[章节编部分]|[一二三四五六七八九十]+、|\d+(\.\d+)*\s)",
+                line,
+            )
+        )
     )
