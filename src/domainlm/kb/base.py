@@ -27,6 +27,7 @@ import numpy as np
 
 from domainlm.errors import DomainLMError
 from domainlm.kb import citations as cite
+from domainlm.kb.dense import DENSE_FILE, RERANK_DEPTH, Encoder, Reranker, embed_all, fuse
 from domainlm.kb.index import Bm25Index
 from domainlm.kb.laws import PREFIX, LawNames
 from domainlm.kb.sources import CHINA_LAW, Document, china_law_db, read_china_law, read_files
@@ -58,6 +59,11 @@ class KnowledgeBase:
         self.laws = LawNames(manifest.get("laws", []))
         self.law_of_row = np.load(folder / "laws.npy")
         self._tokenizer: Tokenizer | None = None
+        self.dense: np.ndarray | None = None
+        self._encoder: Any = None
+        if manifest.get("dense"):
+            # fp16 on disk, fp32 in memory: numpy has no fast fp16 matrix product.
+            self.dense = np.load(folder / DENSE_FILE).astype(np.float32)
 
     @classmethod
     def open(cls, folder: str | Path) -> KnowledgeBase:
@@ -77,11 +83,22 @@ class KnowledgeBase:
             self._tokenizer = Tokenizer(self.manifest.get("user_words", []))
         return self._tokenizer
 
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            self._encoder = Encoder(self.manifest["dense"])
+        return self._encoder
+
     def close(self) -> None:
         self.store.close()
 
     def search(
-        self, query: str, k: int = 5, current_only: bool = True, law: str | None = None
+        self,
+        query: str,
+        k: int = 5,
+        current_only: bool = True,
+        law: str | None = None,
+        reranker: Reranker | None = None,
     ) -> list[Chunk]:
         """The `k` chunks that best answer `query`: articles the query cites first, then BM25.
 
@@ -101,15 +118,24 @@ class KnowledgeBase:
         direct = self._direct(query, wanted_law)
         scores = self._scores(query, wanted_law, current_only)
         exclude = {c.id for c in direct}
-        top = np.argsort(-scores)[: k + len(exclude)]
+        depth = max(k, RERANK_DEPTH) if reranker is not None else k
+        top = np.argsort(-scores)[: depth + len(exclude)]
         ids = [int(self.index.rows[i]) for i in top if scores[i] > 0]
         found = self.store.chunks(ids)
         ranked = list(direct)
         for row in top:
             chunk = found.get(int(self.index.rows[row]))
-            if chunk is not None and chunk.id not in exclude:
-                chunk.score, chunk.via = float(scores[row]), "bm25"
+            if chunk is not None and chunk.id not in exclude and scores[row] > 0:
+                chunk.score = float(scores[row])
+                chunk.via = "hybrid" if self.dense is not None else "bm25"
                 ranked.append(chunk)
+        if reranker is not None:
+            rest = ranked[len(direct) :]
+            for chunk, score in zip(
+                rest, reranker.scores(query, [c.text for c in rest]), strict=True
+            ):
+                chunk.score, chunk.via = score, "rerank"
+            ranked = list(direct) + sorted(rest, key=lambda c: -c.score)
         return ranked[:k]
 
     def _direct(self, query: str, wanted_law: str | None) -> list[Chunk]:
@@ -133,8 +159,11 @@ class KnowledgeBase:
                 for term in expansions:
                     weighted.setdefault(term, EXPANSION_WEIGHT)
         scores = self.index.scores(weighted)
-        if current_only:
-            scores = scores * self.index.current
+        mask = self.index.current if current_only else np.ones_like(scores)
+        if self.dense is not None:
+            query_vector = self.encoder.encode([query])[0]
+            scores = fuse(scores, self.dense @ query_vector, mask)
+        scores = scores * mask
         named = [wanted_law] if wanted_law else self.laws.mentioned(query)
         if named:
             law_ids = [self.manifest["laws"].index(n) for n in named if n in self.manifest["laws"]]
@@ -185,18 +214,24 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def build(
-    folder: str | Path, sources: list[str], progress: Progress = _quiet, workers: int | None = None
+    folder: str | Path,
+    sources: list[str],
+    progress: Progress = _quiet,
+    workers: int | None = None,
+    dense: str | None = None,
 ) -> KnowledgeBase:
     """Build a KB at `folder` from `sources` (`china-law`, a laws.db, files or folders),
-    replacing any KB already there."""
+    replacing any KB already there. `dense` adds sentence embeddings (`use` or a local
+    sentence-transformers folder) fused with BM25 at query time."""
     folder = Path(folder)
     if not sources:
         raise DomainLMError("give at least one --source (china-law, a file or a folder)")
     _check_replaceable(folder)
     with _staging(folder, copy=False) as staging:
         store = Store(staging / STORE_FILE)
+        encoder = Encoder(dense) if dense else None  # fail early on a missing encoder
         _ingest(store, sources, progress)
-        _finish(staging, store, progress, workers)
+        _finish(staging, store, progress, workers, encoder)
     return KnowledgeBase.open(folder)
 
 
@@ -216,25 +251,30 @@ def add(folder: str | Path, sources: list[str], progress: Progress = _quiet) -> 
     """Add `sources` to the KB at `folder`; documents already there (same content) are
     skipped. Returns (documents added, skipped)."""
     folder = Path(folder)
-    read_manifest(folder)
+    encoder = _encoder_of(read_manifest(folder))
     with _staging(folder, copy=True) as staging:
         store = Store(staging / STORE_FILE)
         counts = _ingest(store, sources, progress)
-        _finish(staging, store, progress, None)
+        _finish(staging, store, progress, None, encoder)
     return counts
+
+
+def _encoder_of(manifest: dict[str, Any]) -> Encoder | None:
+    # Vectors are not kept per chunk, so a dense KB re-embeds everything when it changes.
+    return Encoder(manifest["dense"]) if manifest.get("dense") else None
 
 
 def remove(folder: str | Path, sources: list[str], progress: Progress = _quiet) -> int:
     """Remove the documents read from `sources` (as listed by `kb stats`); how many."""
     folder = Path(folder)
-    read_manifest(folder)
+    encoder = _encoder_of(read_manifest(folder))
     with _staging(folder, copy=True) as staging:
         store = Store(staging / STORE_FILE)
         removed = sum(store.remove_source(_source_name(s)) for s in sources)
         if not removed:
             store.close()
             raise DomainLMError(f"no documents from {', '.join(sources)} in {folder}")
-        _finish(staging, store, progress, None)
+        _finish(staging, store, progress, None, encoder)
     return removed
 
 
@@ -300,7 +340,9 @@ def _worker_tokenizer(words: list[str]) -> Tokenizer:
     return _WORKER[key]
 
 
-def _finish(staging: Path, store: Store, progress: Progress, workers: int | None) -> None:
+def _finish(
+    staging: Path, store: Store, progress: Progress, workers: int | None, encoder: Any = None
+) -> None:
     """Tokenize new chunks (in parallel), rebuild the index, write the manifest."""
     started = time.perf_counter()
     law_names = sorted(store.law_names())
@@ -338,8 +380,13 @@ def _finish(staging: Path, store: Store, progress: Progress, workers: int | None
     )
     index.save(staging)
     np.save(staging / "laws.npy", np.asarray([law_of[r[0]] for r in rows], dtype=np.int32))
+    if encoder is not None:
+        texts = dict(store.conn.execute("SELECT id, coalesce(heading, '') || text FROM chunks"))
+        vectors = embed_all(encoder, [texts[r[0]] for r in rows], progress)
+        np.save(staging / DENSE_FILE, vectors)
     manifest = {
         "format": FORMAT,
+        "dense": encoder.spec if encoder is not None else None,
         "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "sources": [r[0] for r in store.conn.execute("SELECT DISTINCT source FROM docs")],
         "chunks": len(rows),
