@@ -28,7 +28,10 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Mod: operator.mod,
     ast.Pow: operator.pow,
 }
-_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+}
 
 
 def _log(x: float, base: float = 10.0) -> float:
@@ -47,7 +50,9 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "pow": lambda a, b: _power(a, b),
 }
 
-_NORMALISE = str.maketrans({"×": "*", "÷": "/", "（": "(", "）": ")", "，": ",", "^": "**", "−": "-"})
+_NORMALISE = str.maketrans(
+    {"×": "*", "÷": "/", "（": "(", "）": ")", "，": ",", "^": "**", "−": "-"}
+)
 
 
 class CalculatorError(ValueError):
@@ -57,9 +62,9 @@ class CalculatorError(ValueError):
 def _power(base: Any, exponent: Any) -> Any:
     if abs(exponent) > MAX_EXPONENT:
         raise CalculatorError(f"exponent {exponent} too large (at most {MAX_EXPONENT})")
-    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 and base not in (0, 1, -1):
-        if exponent * math.log10(abs(base)) > MAX_DIGITS:
-            raise CalculatorError("result too large")
+    whole = isinstance(base, int) and isinstance(exponent, int)
+    if whole and exponent > 0 and abs(base) > 1 and exponent * math.log10(abs(base)) > MAX_DIGITS:
+        raise CalculatorError("result too large")
     return operator.pow(base, exponent)
 
 

@@ -26,7 +26,11 @@ def _sympy(node: ast.AST, symbols: dict[str, Any]) -> Any:
     import sympy
 
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return sympy.nsimplify(node.value) if isinstance(node.value, float) else sympy.Integer(node.value)
+        return (
+            sympy.nsimplify(node.value)
+            if isinstance(node.value, float)
+            else sympy.Integer(node.value)
+        )
     if isinstance(node, ast.Name) and node.id.isidentifier() and not node.id.startswith("_"):
         return symbols.setdefault(node.id, sympy.Symbol(node.id))
     if isinstance(node, ast.BinOp):
@@ -81,7 +85,9 @@ def solve_equations(
 
 @tool
 def normal_distribution(
-    operation: Annotated[Literal["cdf", "inv_cdf", "pdf"], "cdf: P(X<=x); inv_cdf: x for a probability; pdf: density"],
+    operation: Annotated[
+        Literal["cdf", "inv_cdf", "pdf"], "cdf: P(X<=x); inv_cdf: x for a probability; pdf: density"
+    ],
     value: Annotated[float, "x for cdf/pdf, a probability in (0, 1) for inv_cdf"],
     mean: Annotated[float, "Mean of the distribution"] = 0.0,
     std: Annotated[float, "Standard deviation (> 0)"] = 1.0,
@@ -101,7 +107,19 @@ def normal_distribution(
 def statistics(
     values: Annotated[list[float], "The numbers"],
     measure: Annotated[
-        Literal["count", "sum", "mean", "median", "variance", "pvariance", "std", "pstd", "percentile", "min", "max"],
+        Literal[
+            "count",
+            "sum",
+            "mean",
+            "median",
+            "variance",
+            "pvariance",
+            "std",
+            "pstd",
+            "percentile",
+            "min",
+            "max",
+        ],
         "What to compute (variance/std: sample; pvariance/pstd: population)",
     ],
     percentile: Annotated[float | None, "For measure=percentile: 0-100"] = None,

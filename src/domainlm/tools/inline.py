@@ -39,14 +39,17 @@ def _compute(expression: str) -> tuple[str, bool]:
     return str(value), True
 
 
-def complete(generate: Callable[[str, list[str]], str], prompt: str) -> tuple[str, list[InlineCall]]:
+def complete(
+    generate: Callable[[str, list[str]], str], prompt: str
+) -> tuple[str, list[InlineCall]]:
     """Generate after `prompt`, stopping at `→`; each time the text ends in an open
     `[Calculator(...)→`, insert the computed result and go on.
 
     Args:
         generate: (text so far, stop strings) -> continuation, without the stop string.
     """
-    text, calls = "", []
+    text = ""
+    calls: list[InlineCall] = []
     for _ in range(MAX_CALLS + 1):
         piece = generate(prompt + text, [ARROW])
         text += piece

@@ -100,7 +100,10 @@ def _schema(annotation: Any, where: str) -> dict[str, Any]:
 
 
 def tool(
-    function: Callable[..., Any] | None = None, *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    function: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Any:
     """Make `function` a `Tool` (usable as `@tool` or `@tool(name=..., timeout=...)`)."""
 
@@ -126,7 +129,11 @@ def tool(
                 schema["default"] = param.default
             properties[param.name] = schema
         doc = inspect.getdoc(fn) or ""
-        parameters: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
+        parameters: dict[str, Any] = {
+            "type": "object",
+            "properties": properties,
+            "required": required,
+        }
         parameters["additionalProperties"] = False
         description = " ".join(doc.split("\n\n")[0].split())
         return Tool(tool_name, description, parameters, fn, timeout)
@@ -163,7 +170,12 @@ class Toolset:
         item = self.tools.get(call.name)
         if item is None:
             known = ", ".join(self.tools) or "none"
-            return Observation(call.name, call.arguments, f"error: unknown tool {call.name!r} (tools: {known})", False)
+            return Observation(
+                call.name,
+                call.arguments,
+                f"error: unknown tool {call.name!r} (tools: {known})",
+                False,
+            )
         try:
             jsonschema.validate(call.arguments, item.parameters)
         except jsonschema.ValidationError as exc:
@@ -173,10 +185,28 @@ class Toolset:
         try:
             result = future.result(timeout=item.timeout)
         except concurrent.futures.TimeoutError:
-            return Observation(call.name, call.arguments, f"error: {call.name} timed out after {item.timeout:g} s", False, item.timeout)
+            return Observation(
+                call.name,
+                call.arguments,
+                f"error: {call.name} timed out after {item.timeout:g} s",
+                False,
+                item.timeout,
+            )
         except Exception as exc:  # a tool's own failure is shown to the model, not raised
-            return Observation(call.name, call.arguments, f"error: {type(exc).__name__}: {exc}", False, time.perf_counter() - started)
-        content = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
+            return Observation(
+                call.name,
+                call.arguments,
+                f"error: {type(exc).__name__}: {exc}",
+                False,
+                time.perf_counter() - started,
+            )
+        content = (
+            result
+            if isinstance(result, str)
+            else json.dumps(result, ensure_ascii=False, default=str)
+        )
         if len(content) > MAX_OBSERVATION_CHARS:
             content = content[:MAX_OBSERVATION_CHARS] + "…(truncated)"
-        return Observation(call.name, call.arguments, content, True, time.perf_counter() - started, result)
+        return Observation(
+            call.name, call.arguments, content, True, time.perf_counter() - started, result
+        )
