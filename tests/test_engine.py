@@ -1,0 +1,82 @@
+"""The engine: experts on one base, mixed-expert batches, streaming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from domainlm.engine.adapters import BASE, AdapterPool
+from domainlm.engine.generation import Generator, Request, Sampling
+from domainlm.errors import DomainLMError
+from tests.engine_helpers import make_expert, tiny_base
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("experts")
+    for i, name in enumerate(("law", "fin", "tax")):
+        make_expert(root, name, seed=i + 1, description=f"{name} questions")
+    make_expert(root, "alien", seed=9, content_hash="sha256:another-base")
+    return root
+
+
+def _prompts(tokenizer: object) -> list[list[int]]:
+    texts = ["定金是什么", "利息怎么算", "hello there", "合同 成立"]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]  # type: ignore[operator]
+
+
+def test_mixed_expert_batch_equals_each_expert_alone(experts: Path) -> None:
+    pool = AdapterPool(tiny_base(), roots=[experts])
+    for name in ("law", "fin"):
+        pool.add(experts / name)
+    generator = Generator(pool)
+    greedy = Sampling(max_new_tokens=8)
+    prompts = _prompts(pool.base.tokenizer)
+    plan = [("law", prompts[0]), ("fin", prompts[1]), (BASE, prompts[2]), ("law", prompts[3])]
+    mixed = generator.run([Request(p, e, greedy) for e, p in plan])
+    alone = [generator.run([Request(p, e, greedy)])[0] for e, p in plan]
+    assert [c.text for c in mixed] == [c.text for c in alone]
+    # The experts really differ from each other and from the base.
+    outputs = {
+        e: generator.run([Request(prompts[0], e, greedy)])[0].text for e in ("law", "fin", BASE)
+    }
+    assert len(set(outputs.values())) == 3
+
+
+def test_pool_refuses_and_evicts(experts: Path, tmp_path: Path) -> None:
+    pool = AdapterPool(tiny_base(), roots=[experts], max_loaded=2)
+    with pytest.raises(DomainLMError, match="trained on another base model"):
+        pool.add(experts / "alien")
+    outside = make_expert(tmp_path, "outside", seed=3)
+    with pytest.raises(DomainLMError, match="experts load only from"):
+        pool.add(outside)
+    pool.add(experts / "law")
+    pool.add(experts / "fin")
+    pool.resolve("law")  # law is now the most recently used
+    pool.add(experts / "tax")
+    assert pool.names == [BASE, "law", "tax"]  # fin was evicted
+    with pytest.raises(DomainLMError, match="no expert 'fin'"):
+        pool.resolve("fin")
+    pool.remove("law")
+    assert pool.names == [BASE, "tax"]
+
+
+def test_streaming_matches_and_stops(experts: Path) -> None:
+    pool = AdapterPool(tiny_base(), roots=[experts])
+    pool.add(experts / "law")
+    generator = Generator(pool)
+    prompt = _prompts(pool.base.tokenizer)[0]
+    request = Request(prompt, "law", Sampling(max_new_tokens=12))
+    whole = generator.run([request])[0].text
+    assert "".join(generator.stream(request)) == whole
+    stop = whole[3:5]
+    cut = "".join(generator.stream(Request(prompt, "law", Sampling(max_new_tokens=12), [stop])))
+    assert cut == whole.split(stop, 1)[0]
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(experts: Path) -> None:
+    pool = AdapterPool(tiny_base())
+    generator = Generator(pool)
+    with pytest.raises(DomainLMError, match="exceeds the model's context"):
+        generator.run([Request([5] * (generator.context + 10))])
