@@ -35,7 +35,7 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 
 def test_demo_converts_every_example(cli: Any, tmp_path: Path) -> None:
-    code, stdout, stderr = cli("demo", "--output", tmp_path)
+    code, stdout, stderr = cli("demo", "--output", tmp_path, "--model", "tiny")
     assert code == 0, stderr
     for name in (
         "law_qa",
@@ -57,8 +57,13 @@ def test_demo_converts_every_example(cli: Any, tmp_path: Path) -> None:
     for name in ("adapter_model.safetensors", "expert.yaml", "metrics.jsonl", "loss.png"):
         assert (expert / name).is_file(), name
     assert f"expert (tiny model, 12 steps): {expert}" in stdout
-    # Running it again replaces the demo expert instead of refusing.
-    assert cli("demo", "--output", tmp_path)[0] == 0
+    # The answering stage: retrieved articles for the legal questions, the tool step.
+    assert "Q: 什么是定金？定金最多可以约定多少？" in stdout
+    assert "《中华人民共和国民法典》第五百八十六条 [current]" in stdout
+    assert "--model PATH" in stdout
+    # Running it again reuses the knowledge base and replaces the demo expert.
+    code, stdout, _ = cli("demo", "--output", tmp_path, "--model", "tiny")
+    assert code == 0 and "knowledge base opened" in stdout
 
 
 def test_rendered_labels_train_the_tiny_model(tokenizer: Any, tiny_model: Any) -> None:

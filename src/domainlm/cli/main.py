@@ -7,7 +7,7 @@ import sys
 import typer
 
 from domainlm import __version__
-from domainlm.cli import data, demo, kb, train
+from domainlm.cli import chat, data, demo, kb, train
 from domainlm.cli.console import err
 from domainlm.errors import DomainLMError
 
@@ -24,6 +24,8 @@ app.add_typer(kb.app, name="kb")
 app.command("demo")(demo.demo)
 app.command("train")(train.train)
 app.command("export")(train.export)
+app.command("ask")(chat.ask)
+app.command("chat")(chat.chat)
 
 
 def _version(value: bool) -> None:

@@ -118,6 +118,7 @@ class Assistant:
         expert: str | None = None,
         use_kb: bool = True,
         tool_choice: str | None = None,
+        use_tools: bool = True,
     ) -> Reply:
         """Answer `text` in `session` (which is updated with the exchange).
 
@@ -127,6 +128,7 @@ class Assistant:
         """
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        toolset = self.toolset if use_tools else None
         name, route = self._choose(expert or session.expert, text)
         session.messages.append(Message(role="user", content=text))
         if self.kb is not None and use_kb:
@@ -136,8 +138,10 @@ class Assistant:
         answer = ""
         turn = time.perf_counter()
         for step in range(self.max_tool_steps + 1):
-            message, error = self._generate(session, name, tool_choice if step == 0 else None)
-            if not message.tool_calls or self.toolset is None or step == self.max_tool_steps:
+            message, error = self._generate(
+                session, name, toolset, tool_choice if step == 0 else None
+            )
+            if not message.tool_calls or toolset is None or step == self.max_tool_steps:
                 answer = message.content
                 session.messages.append(Message(role="assistant", content=answer))
                 break
@@ -146,7 +150,7 @@ class Assistant:
                 if error is not None:  # the model's call could not be read: tell it why
                     observation = Observation(call.name, {}, f"error: {error}", False)
                 else:
-                    observation = self.toolset.call(call)
+                    observation = toolset.call(call)
                 trace.append(observation)
                 session.messages.append(
                     Message(
@@ -178,19 +182,21 @@ class Assistant:
         if not kept:
             return found
         kept_ids = {c.id for c in kept}
-        same_topic = any(c.id in kept_ids for c in found) or not found
+        # Same topic when the best match for the new turn is already in use (or nothing
+        # matches, as for "and then?"); otherwise the conversation moved on.
+        same_topic = not found or found[0].id in kept_ids
         if not same_topic:
             return found  # the topic changed: retrieve afresh
         merged = list(kept) + [c for c in found if c.id not in kept_ids]
         return merged[:MAX_KEPT]
 
-    def _conversation(self, session: Session, name: str) -> Conversation:
+    def _conversation(self, session: Session, name: str, toolset: Toolset | None) -> Conversation:
         card = self.pool.card(name)
         system = (card.system_prompt if card and card.system_prompt else None) or DEFAULT_SYSTEM
         if session.articles:
             lines = [f"{i}. {a.citation}：{a.text}" for i, a in enumerate(session.articles, 1)]
             system += "\n\n" + ARTICLES_HEADER + "\n".join(lines)
-        tools: list[ToolSpec] = self.toolset.specs if self.toolset else []
+        tools: list[ToolSpec] = toolset.specs if toolset else []
         conversation = Conversation(
             messages=[Message(role="system", content=system), *session.messages], tools=tools
         )
@@ -213,14 +219,14 @@ class Assistant:
         return with_tools != without
 
     def _generate(
-        self, session: Session, name: str, tool_choice: str | None
+        self, session: Session, name: str, toolset: Toolset | None, tool_choice: str | None
     ) -> tuple[Message, str | None]:
         """The model's next message, and why its tool call could not be read (if so)."""
-        conversation = self._conversation(session, name)
+        conversation = self._conversation(session, name, toolset)
         prompt = self.format.render_prompt(conversation)
         prefix = ""
         if tool_choice is not None:
-            if self.toolset is None or tool_choice not in self.toolset:
+            if toolset is None or tool_choice not in toolset:
                 raise DomainLMError(f"tool_choice {tool_choice!r}: no such tool")
             # Forced call: the reply starts as the call, the model writes the arguments.
             prefix = f'<tool_call>{{"name": "{tool_choice}", "arguments": {{'
@@ -231,7 +237,7 @@ class Assistant:
         if "<tool_call>" in text and "</tool_call>" not in text:
             # The stop string ended the call, or the model wrote a cut-off closing tag.
             text = text.rstrip().removesuffix("</tool_call").rstrip() + "</tool_call>"
-        tools = list(self.toolset.tools) if self.toolset else None
+        tools = list(toolset.tools) if toolset else None
         try:
             message = self.format.parse(text, tools)
         except ToolCallParseError as exc:

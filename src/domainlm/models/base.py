@@ -128,6 +128,9 @@ def load_base(
         device_map: passed to transformers (e.g. {"": 0}).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our commands show their own progress
     if spec == TINY:
         from domainlm.models.tiny import build_tiny_model, build_tiny_tokenizer
 

@@ -1,0 +1,161 @@
+"""`domainlm ask` (one question) and `domainlm chat` (a conversation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from domainlm.cli.console import err, out
+from domainlm.errors import DomainLMError
+
+if TYPE_CHECKING:
+    from domainlm.engine.assistant import Assistant, Reply, Session
+
+Model = Annotated[
+    str,
+    typer.Option("--model", "-m", help="Local HF folder, .gguf file, `default` or `tiny`."),
+]
+Experts = Annotated[
+    Path | None, typer.Option("--experts", help="Folder of expert directories to load.")
+]
+Expert = Annotated[
+    str | None, typer.Option("--expert", "-e", help="Expert name, `auto` (routed) or `base`.")
+]
+Kb = Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder for grounding.")]
+Tools = Annotated[
+    list[str] | None, typer.Option("--tools", help="Toolsets: finance, code (repeatable).")
+]
+Format = Annotated[str, typer.Option("--chat-format", help="hf or chatglm3.")]
+MaxTokens = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Reply length limit.")]
+Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy.")]
+
+
+def _assistant(
+    model: str, experts: Path | None, kb: Path | None, tools: list[str] | None,
+    chat_format: str, max_new_tokens: int, temperature: float,
+) -> Assistant:  # fmt: skip
+    from domainlm.engine.generation import Sampling
+    from domainlm.engine.setup import build_assistant
+
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
+    with err.status(f"loading {model} …"):
+        return build_assistant(model, experts, kb, tools, chat_format, sampling=sampling)
+
+
+def print_reply(reply: Reply) -> None:
+    """The answer, then the articles used, citation checks and tool trace."""
+    out.print(f"[bold]{reply.expert}[/bold] ({reply.route})")
+    out.print(reply.text or "(empty reply)", markup=False, highlight=False)
+    for observation in reply.tool_trace:
+        mark = "✓" if observation.ok else "✗"
+        args = json.dumps(observation.arguments, ensure_ascii=False)
+        out.print(f"  tool {mark} {observation.name}({args}) → {observation.content}", markup=False)
+    if reply.articles:
+        out.print("[dim]articles:[/dim] " + "; ".join(a.citation for a in reply.articles))
+    for citation in reply.citations:
+        mark = "✓" if citation in reply.citations and citation not in reply.unverified else "✗"
+        out.print(
+            f"  citation {mark} {citation.text}: {citation.verdict} {citation.detail}", markup=False
+        )
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    model: Model = "default",
+    experts: Experts = None,
+    expert: Expert = None,
+    kb: Kb = None,
+    tools: Tools = None,
+    chat_format: Format = "hf",
+    max_new_tokens: MaxTokens = 256,
+    temperature: Temperature = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="The whole reply as JSON.")] = False,
+) -> None:
+    """Answer one question (with retrieval, tools and citation checks when given)."""
+    from domainlm.engine.assistant import Session
+
+    assistant = _assistant(model, experts, kb, tools, chat_format, max_new_tokens, temperature)
+    reply = assistant.reply(Session(), question, expert=expert)
+    if as_json:
+        out.print(json.dumps(reply.to_dict(), ensure_ascii=False), markup=False, highlight=False)
+    else:
+        print_reply(reply)
+
+
+HELP = "/expert NAME|auto|base  /kb on|off  /clear  /save FILE  /quit"
+
+
+def chat(
+    model: Model = "default",
+    experts: Experts = None,
+    expert: Expert = None,
+    kb: Kb = None,
+    tools: Tools = None,
+    chat_format: Format = "hf",
+    max_new_tokens: MaxTokens = 256,
+    temperature: Temperature = 0.0,
+) -> None:
+    """Chat in the terminal. Commands: /expert, /kb on|off, /clear, /save FILE, /quit."""
+    from domainlm.engine.assistant import Session
+
+    assistant = _assistant(model, experts, kb, tools, chat_format, max_new_tokens, temperature)
+    session, use_kb = Session(expert=expert), kb is not None
+    out.print(f"experts: {', '.join(assistant.pool.names)}   {HELP}", markup=False)
+    while True:
+        try:
+            line = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            out.print("")
+            return
+        if not line:
+            continue
+        if line.startswith("/"):
+            if _command(line, assistant, session, out_state := {"kb": use_kb}):
+                return
+            use_kb = out_state["kb"]
+            continue
+        try:
+            with err.status("thinking …"):
+                reply = assistant.reply(session, line, expert=session.expert, use_kb=use_kb)
+        except DomainLMError as exc:
+            err.print(f"error: {exc}", markup=False)
+            continue
+        print_reply(reply)
+
+
+def _command(line: str, assistant: Assistant, session: Session, state: dict[str, bool]) -> bool:
+    """Handle a /command; True to quit."""
+    word, _, argument = line.partition(" ")
+    argument = argument.strip()
+    if word in ("/quit", "/exit"):
+        return True
+    if word == "/clear":
+        session.messages.clear()
+        session.articles.clear()
+        out.print("cleared", markup=False)
+    elif word == "/expert":
+        if argument not in ("auto", *assistant.pool.names):
+            err.print(
+                f"no expert {argument!r}; loaded: {', '.join(assistant.pool.names)}", markup=False
+            )
+        else:
+            session.expert = argument
+            out.print(f"expert: {argument}", markup=False)
+    elif word == "/kb" and argument in ("on", "off"):
+        if argument == "on" and assistant.kb is None:
+            err.print("no knowledge base loaded (start with --kb DIR)", markup=False)
+        else:
+            state["kb"] = argument == "on"
+            out.print(f"knowledge base {argument}", markup=False)
+    elif word == "/save" and argument:
+        records = [m.to_record() for m in session.messages]
+        Path(argument).write_text(
+            json.dumps({"messages": records}, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        out.print(f"saved {len(records)} messages to {argument}", markup=False)
+    else:
+        err.print(HELP, markup=False)
+    return False

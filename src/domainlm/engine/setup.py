@@ -1,0 +1,85 @@
+"""Put an Assistant together from what the user names: model, experts, KB, tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from domainlm.chat.formats import get_format
+from domainlm.engine.adapters import AdapterPool
+from domainlm.engine.assistant import Assistant
+from domainlm.engine.generation import Sampling
+from domainlm.errors import DomainLMError
+from domainlm.models.base import load_base
+from domainlm.train.expert import CARD_FILE
+
+TOOLSETS = ("finance", "code")
+
+
+def device_dtype() -> tuple[str, torch.dtype]:
+    """bf16 on a GPU that has it or a CPU with AVX512-BF16/AMX, else fp32."""
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    fast_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "cpu", torch.bfloat16 if fast_bf16 else torch.float32
+
+
+def make_toolset(names: list[str]) -> Any:
+    from domainlm.tools import Toolset
+
+    tools = []
+    for name in names:
+        if name == "finance":
+            from domainlm.tools.finance import FINANCE_TOOLS
+
+            tools += FINANCE_TOOLS
+        elif name == "code":
+            from domainlm.tools.interpreter import CODE_TOOLS
+
+            tools += CODE_TOOLS
+        else:
+            raise DomainLMError(f"unknown toolset {name!r} (choose from {', '.join(TOOLSETS)})")
+    return Toolset(tools) if tools else None
+
+
+def build_assistant(
+    model: str = "default",
+    experts: Path | None = None,
+    kb: Path | None = None,
+    tools: list[str] | None = None,
+    chat_format: str = "hf",
+    trust_remote_code: bool = False,
+    sampling: Sampling | None = None,
+) -> Assistant:
+    """An Assistant over `model` with every expert under `experts` loaded.
+
+    Raises:
+        DomainLMError: for a missing model, KB or expert folder.
+    """
+    device, dtype = device_dtype()
+    base = load_base(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    if device == "cuda":
+        base.model.to(device)
+    base.model.eval()
+    if base.tokenizer.pad_token_id is None:
+        base.tokenizer.pad_token = base.tokenizer.eos_token
+    pool = AdapterPool(base, roots=[experts] if experts else None)
+    if experts is not None:
+        if not experts.is_dir():
+            raise DomainLMError(f"{experts}: no such experts folder")
+        for card in sorted(experts.glob(f"*/{CARD_FILE}")):
+            pool.add(card.parent)
+    knowledge = None
+    if kb is not None:
+        from domainlm.kb.base import KnowledgeBase
+
+        knowledge = KnowledgeBase.open(kb)
+    return Assistant(
+        pool,
+        get_format(chat_format, base.tokenizer),
+        kb=knowledge,
+        toolset=make_toolset(tools or []),
+        sampling=sampling,
+    )

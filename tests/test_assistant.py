@@ -1,0 +1,128 @@
+"""Assistant.reply with a scripted model: tool loops, retrieval across turns, citation flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domainlm.chat.formats import get_format
+from domainlm.engine.adapters import AdapterPool
+from domainlm.engine.assistant import Assistant, Session
+from domainlm.engine.generation import Completion, Request
+from domainlm.engine.router import Router
+from domainlm.kb.base import build
+from domainlm.tools import Toolset
+from domainlm.tools.finance import FINANCE_TOOLS
+from tests.engine_helpers import make_expert, tiny_base
+from tests.test_kb import make_law_db
+
+
+class Script:
+    """Stands in for the model: returns the scripted replies in order, keeps the prompts."""
+
+    def __init__(self, tokenizer: Any, replies: list[str]):
+        self.tokenizer, self.replies, self.prompts = tokenizer, list(replies), []
+
+    def __call__(self, requests: list[Request]) -> list[Completion]:
+        self.prompts.append(self.tokenizer.decode(requests[0].prompt))
+        return [Completion(self.replies.pop(0), 1, "stop")]
+
+
+@pytest.fixture
+def assistant(tmp_path: Path) -> Assistant:
+    base = tiny_base()
+    kb = build(tmp_path / "kb", [str(make_law_db(tmp_path / "laws.db"))], workers=1)
+    return Assistant(
+        AdapterPool(base), get_format("hf", base.tokenizer), kb=kb, toolset=Toolset(FINANCE_TOOLS)
+    )
+
+
+def _script(assistant: Assistant, replies: list[str]) -> Script:
+    script = Script(assistant.pool.base.tokenizer, replies)
+    assistant.generator.run = script  # type: ignore[method-assign]
+    return script
+
+
+CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "10000*(1+0.05)**10"}}</tool_call>'
+
+
+def test_tool_loop_runs_calls_and_feeds_observations_back(assistant: Assistant) -> None:
+    script = _script(
+        assistant,
+        [
+            CALL,
+            '<tool_call>{"name": "nope", "arguments": {}}</tool_call>',
+            '<tool_call>{"name": "calculator", "arguments": {"expression": "__import__(\'os\')"}}</tool_call>',
+            "本息合计约16288.95元。",
+        ],
+    )
+    reply = assistant.reply(Session(), "本金一万，年利率5%，十年复利多少？", use_kb=False)
+    assert reply.text == "本息合计约16288.95元。"
+    assert [(o.name, o.ok) for o in reply.tool_trace] == [
+        ("calculator", True),
+        ("nope", False),
+        ("calculator", False),
+    ]
+    assert reply.tool_trace[0].content == "16288.94626777442"
+    # Each observation is in the next prompt, errors included.
+    assert "16288.94626777442" in script.prompts[1]
+    assert "unknown tool 'nope'" in script.prompts[2]
+    assert "not allowed in a calculation" in script.prompts[3]
+
+
+def test_tool_steps_are_bounded_and_bad_json_is_an_observation(assistant: Assistant) -> None:
+    assistant.max_tool_steps = 2
+    _script(
+        assistant,
+        ['<tool_call>{"name": "calculator", "arguments": {"expression": </tool_call>', CALL, CALL],
+    )
+    reply = assistant.reply(Session(), "算一下", use_kb=False)
+    assert len(reply.tool_trace) == 2 and not reply.tool_trace[0].ok
+    assert "not valid JSON" in reply.tool_trace[0].content
+
+
+def test_articles_are_kept_for_follow_ups_and_citations_checked(assistant: Assistant) -> None:
+    script = _script(
+        assistant,
+        [
+            "依据《民法典》第五百八十六条，定金不得超过主合同标的额的百分之二十。另见《民法典》第九千条。",
+            "超过部分不产生定金的效力。",
+            "借款人应当按期返还借款。",
+        ],
+    )
+    session = Session()
+    reply = assistant.reply(session, "什么是定金？")
+    assert {a.article_num for a in reply.articles} >= {586}
+    assert (
+        "与问题无关的请忽略" in script.prompts[0]
+        and "定金合同自实际交付定金时成立" in script.prompts[0]
+    )
+    assert [(c.article, c.verdict) for c in reply.citations] == [
+        (586, "current"),
+        (9000, "no_such_article"),
+    ]
+    assert [c.article for c in reply.unverified] == [9000]
+    first = {a.id for a in reply.articles}
+
+    follow_up = assistant.reply(session, "定金的数额超过了怎么办？")  # same topic: articles kept
+    assert first <= {a.id for a in follow_up.articles}
+    changed = assistant.reply(session, "同事借我钱不还怎么办")  # new topic: retrieved afresh
+    fresh = assistant.kb.search("同事借我钱不还怎么办", k=3)
+    assert [a.id for a in changed.articles] == [a.id for a in fresh]  # not merged with the old
+    assert changed.articles[0].article_num == 675
+    assert "同事借我钱不还怎么办" in script.prompts[2] and "什么是定金" in script.prompts[2]
+
+
+def test_router_picks_the_expert_by_its_card(tmp_path: Path) -> None:
+    root = tmp_path / "experts"
+    make_expert(root, "law", 1, description="中国法律咨询：合同、定金、借款、侵权、婚姻家庭")
+    make_expert(root, "fin", 2, description="金融计算：利率、复利、收益率、股票、债券、期权定价")
+    pool = AdapterPool(tiny_base(), roots=[root])
+    pool.add(root / "law")
+    pool.add(root / "fin")
+    router = Router(dict(pool.cards))
+    assert router.route("定金合同怎么签").expert == "law"
+    assert router.route("复利的收益率怎么算").expert == "fin"
+    assert router.route("hello").expert == "base"
