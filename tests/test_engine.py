@@ -80,3 +80,29 @@ def test_prompt_longer_than_the_context_is_a_clear_error(experts: Path) -> None:
     generator = Generator(pool)
     with pytest.raises(DomainLMError, match="exceeds the model's context"):
         generator.run([Request([5] * (generator.context + 10))])
+
+
+def test_batched_lora_equals_peft_per_row(experts: Path) -> None:
+    import torch
+
+    pool = AdapterPool(tiny_base(), roots=[experts])
+    for name in ("law", "fin", "tax"):
+        pool.add(experts / name)
+    ids = torch.tensor([[5, 6, 7, 8, 9]] * 4)
+    rows = ["law", "fin", BASE, "tax"]
+    with torch.no_grad():
+        reference = pool.model(input_ids=ids, adapter_names=pool.peft_names(rows)).logits
+        with pool.batched(rows) as batched:
+            assert batched  # the stacked path, not peft's loop
+            ours = pool.model(input_ids=ids).logits
+        alone = pool.model(input_ids=ids[:1], adapter_names=["law"]).logits
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert torch.allclose(ours[:1], alone, atol=1e-5)
+    assert not torch.allclose(ours[0], ours[1], atol=1e-3)  # experts differ
+    # Outside the context the hooks do nothing: peft's own result stands.
+    with torch.no_grad():
+        again = pool.model(input_ids=ids, adapter_names=pool.peft_names(rows)).logits
+    assert torch.allclose(again, reference)
+    pool.remove("tax")  # the stacks follow the pool
+    with torch.no_grad(), pool.batched(["law", "fin"]) as batched:
+        assert batched and pool.model(input_ids=ids[:2]).logits.shape[0] == 2

@@ -8,8 +8,10 @@ an expert trained on another base (weights fingerprint in its card) is refused.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ class AdapterPool:
         self.folders: dict[str, Path] = {}
         self.model: Any = base.model
         self._lock = threading.RLock()
+        self._multi: Any = None  # MultiLora over the loaded experts, rebuilt when they change
+        self._stale = True
 
     @property
     def names(self) -> list[str]:
@@ -71,6 +75,7 @@ class AdapterPool:
             self._load(folder, name)
             self.cards[name] = card
             self.folders[name] = folder
+            self._stale = True
         return card
 
     def _load(self, folder: Path, name: str) -> None:
@@ -86,6 +91,7 @@ class AdapterPool:
         self.model.delete_adapter(name)
         del self.cards[name]
         del self.folders[name]
+        self._stale = True
 
     def remove(self, name: str) -> None:
         with self._lock:
@@ -108,6 +114,37 @@ class AdapterPool:
         if not self.cards:
             return None
         return [PEFT_BASE if n == BASE else n for n in names]
+
+    @contextlib.contextmanager
+    def batched(self, experts: list[str]) -> Iterator[bool]:
+        """Run the body with `experts[i]` applied to row i by DomainLM's batched LoRA.
+
+        Yields True when the batched path is active (call the model without
+        `adapter_names`), False when the caller must use peft's `adapter_names` instead
+        (no adapters loaded, or an adapter variant the batched path does not cover).
+        """
+        from domainlm.engine.multilora import MultiLora
+
+        if not self.cards:
+            yield False
+            return
+        with self._lock:
+            if self._stale:
+                if self._multi is not None:
+                    self._multi.remove()
+                self._multi = MultiLora(self.model, list(self.cards))
+                self._stale = False
+            multi = self._multi
+        if not multi.ok:
+            yield False
+            return
+        device = next(self.model.parameters()).device
+        multi.set_rows([None if e == BASE else e for e in experts], device)
+        try:
+            with self.model.disable_adapter():
+                yield True
+        finally:
+            multi.clear()
 
     def card(self, name: str) -> ExpertCard | None:
         return self.cards.get(name)

@@ -111,16 +111,23 @@ class Generator:
             "eos_token_id": self.tokenizer.eos_token_id,
             **sampling.kwargs(),
         }
-        names = self.pool.peft_names([self.pool.resolve(r.expert) for r in requests])
-        if names is not None:
-            kwargs["adapter_names"] = names
+        experts = [self.pool.resolve(r.expert) for r in requests]
         with self._lock, torch.no_grad():
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-            out = self.pool.model.generate(**kwargs)
+            out = self._generate(kwargs, experts)
         return [
             self._completion(out[row, width:].tolist(), r, budget) for row, r in enumerate(requests)
         ]
+
+    def _generate(self, kwargs: dict[str, Any], experts: list[str]) -> Any:
+        """model.generate with row i on experts[i]: DomainLM's batched LoRA where it
+        applies, peft's `adapter_names` otherwise."""
+        with self.pool.batched(experts) as batched:
+            names = None if batched else self.pool.peft_names(experts)
+            if names is not None:
+                kwargs["adapter_names"] = names
+            return self.pool.model.generate(**kwargs)
 
     def _completion(self, ids: list[int], request: Request, budget: int) -> Completion:
         eos = self.tokenizer.eos_token_id
@@ -161,13 +168,11 @@ class Generator:
             "stopping_criteria": StoppingCriteriaList([_Stopped()]),
             **request.sampling.kwargs(),
         }
-        names = self.pool.peft_names([self.pool.resolve(request.expert)])
-        if names is not None:
-            kwargs["adapter_names"] = names
+        experts = [self.pool.resolve(request.expert)]
 
         def work() -> None:
             with self._lock, torch.no_grad():
-                self.pool.model.generate(**kwargs)
+                self._generate(kwargs, experts)
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()

@@ -1,0 +1,150 @@
+"""Batched LoRA for batches that mix experts: two batched matmuls per layer.
+
+peft's mixed-batch path (`adapter_names=`) loops over the adapters present, slicing the
+batch for each and scattering results back: per layer, one pass per adapter plus index
+copies. Here every LoRA layer keeps its experts' A and B matrices stacked (slot 0 is all
+zeros for rows on the base model); a row picks its slot, and the whole batch's update is
+
+    delta = scale[slot] * (x @ A[slot]^T) @ B[slot]^T        (batch, seq, out)
+
+computed for all experts at once: one matmul with every expert's A side by side, a per-row
+mask that keeps the row's own expert (scaled), one matmul with the B's side by side. With a
+handful of experts of rank 8-64 the extra work is small against the base layer and there
+is no per-row gather or per-adapter loop (punica/S-LoRA gather kernels solve the same
+problem on GPUs; on CPU two dense matmuls are faster than many small ones). It
+runs as a forward hook on each peft LoRA layer while peft's own adapters are disabled, so
+the base weights are shared and untouched. Adapters with other variants (DoRA, LoRA on
+embeddings, biases in B) fall back to peft's path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class StackedLora:
+    """The stacked adapters of one peft LoRA layer, and the hook that applies them."""
+
+    def __init__(self, layer: nn.Module, names: list[str], dtype: torch.dtype):
+        lora_a: Any = layer.lora_A
+        lora_b: Any = layer.lora_B
+        rank = max((lora_a[n].weight.shape[0] for n in names if n in lora_a), default=1)
+        sample = next(lora_a[n].weight for n in names if n in lora_a)
+        fan_in = sample.shape[1]
+        fan_out = next(lora_b[n].weight for n in names if n in lora_b).shape[0]
+        device = sample.device
+        self.a = torch.zeros(len(names) + 1, rank, fan_in, dtype=dtype, device=device)
+        self.b = torch.zeros(len(names) + 1, fan_out, rank, dtype=dtype, device=device)
+        self.scale = torch.zeros(len(names) + 1, dtype=dtype, device=device)
+        for slot, name in enumerate(names, 1):
+            if name not in lora_a:
+                continue  # this expert does not adapt this layer: its slot stays zero
+            r = lora_a[name].weight.shape[0]
+            self.a[slot, :r] = lora_a[name].weight.detach().to(dtype)
+            self.b[slot, :, :r] = lora_b[name].weight.detach().to(dtype)
+            self.scale[slot] = float(layer.scaling[name])  # type: ignore[index]
+        self.slots: torch.Tensor | None = None  # (batch,) slot per row, set per batch
+        # All experts side by side (slot 0, the base, left out): one matmul computes every
+        # expert's down-projection, a per-row mask keeps the row's own, one matmul goes up.
+        self.rank = rank
+        self.a_cat = self.a[1:].reshape(-1, fan_in)  # (experts * rank, in)
+        self.b_cat = self.b[1:].permute(1, 0, 2).reshape(fan_out, -1)  # (out, experts * rank)
+        self.mask: torch.Tensor | None = None  # (batch, experts, 1), set with the slots
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        slots = self.slots
+        assert slots is not None
+        x = x.to(self.a.dtype)
+        if x.dim() == 2:  # (batch, in) without a sequence axis
+            x = x.unsqueeze(1)
+        first = slots[0]
+        if bool((slots == first).all()):
+            # One expert for the whole batch: plain matmuls, as a single-adapter model.
+            if int(first) == 0:
+                return torch.zeros(())
+            down = x @ self.a[first].T
+            return (down @ self.b[first].T) * self.scale[first]
+        assert self.mask is not None
+        rows, seq = x.shape[0], x.shape[1]
+        down = (x @ self.a_cat.T).view(rows, seq, -1, self.rank)  # (batch, seq, experts, rank)
+        down = down * self.mask.unsqueeze(1)  # zero every expert but the row's own, scaled
+        return down.view(rows, seq, -1) @ self.b_cat.T  # (batch, seq, out)
+
+
+def supported(layer: nn.Module, names: list[str]) -> bool:
+    """Whether `layer` holds plain LoRA (no DoRA, no bias in B) for these adapters."""
+    lora_a: Any = getattr(layer, "lora_A", None)
+    lora_b: Any = getattr(layer, "lora_B", None)
+    if not isinstance(lora_a, nn.ModuleDict) or not isinstance(lora_b, nn.ModuleDict):
+        return False
+    use_dora: Any = getattr(layer, "use_dora", {})
+    for name in names:
+        if name in lora_a and (
+            use_dora.get(name, False)
+            or getattr(lora_b[name], "bias", None) is not None
+            or not isinstance(lora_a[name], nn.Linear)
+        ):
+            return False
+    return any(name in lora_a for name in names)
+
+
+class MultiLora:
+    """Forward hooks over every LoRA layer of a peft model, applying stacked experts."""
+
+    def __init__(self, model: Any, names: list[str]):
+        from peft.tuners.lora import LoraLayer
+
+        self.names = list(names)
+        self.slot_of = {name: slot for slot, name in enumerate(self.names, 1)}
+        self.layers: list[StackedLora] = []
+        self.handles: list[Any] = []
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        self.ok = bool(layers) and all(
+            supported(m, self.names) or not any(n in getattr(m, "lora_A", {}) for n in self.names)
+            for m in layers
+        )
+        if not self.ok:
+            return
+        for module in layers:
+            if not supported(module, self.names):
+                continue
+            weight = module.get_base_layer().weight
+            dtype = weight.dtype if weight.is_floating_point() else torch.bfloat16
+            stacked = StackedLora(module, self.names, dtype)
+            self.layers.append(stacked)
+            self.handles.append(module.register_forward_hook(_hook(stacked)))
+
+    def set_rows(self, experts: list[str | None], device: Any) -> None:
+        slots = torch.tensor([self.slot_of.get(e or "", 0) for e in experts], device=device)
+        for layer in self.layers:
+            layer.slots = slots
+            # (batch, experts, 1): the row's scale at its own expert, zero elsewhere and
+            # for base rows (slot 0).
+            onehot = torch.nn.functional.one_hot(slots, len(self.names) + 1)[:, 1:]
+            layer.mask = (onehot.to(layer.scale.dtype) * layer.scale[1:]).unsqueeze(-1)
+
+    def clear(self) -> None:
+        for layer in self.layers:
+            layer.slots = None
+            layer.mask = None
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.layers.clear()
+
+
+def _hook(stacked: StackedLora) -> Any:
+    def apply(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        if stacked.slots is None:
+            return output  # not in a batched-experts call: leave peft's result alone
+        delta = stacked.delta(args[0])
+        if delta.dim() == 0:
+            return output
+        return output + delta.reshape(output.shape).to(output.dtype)
+
+    return apply
