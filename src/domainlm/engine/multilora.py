@@ -101,7 +101,7 @@ class MultiLora:
         self.slot_of = {name: slot for slot, name in enumerate(self.names, 1)}
         self.layers: list[StackedLora] = []
         self.handles: list[Any] = []
-        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]
         self.ok = bool(layers) and all(
             supported(m, self.names) or not any(n in getattr(m, "lora_A", {}) for n in self.names)
             for m in layers
