@@ -126,3 +126,33 @@ def test_router_picks_the_expert_by_its_card(tmp_path: Path) -> None:
     assert router.route("定金合同怎么签").expert == "law"
     assert router.route("复利的收益率怎么算").expert == "fin"
     assert router.route("hello").expert == "base"
+
+
+def test_chat_streams_and_handles_commands(
+    tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = iter(
+        ["/kb on", "/expert nobody", "hello", "/save " + str(tmp_path / "chat.json"), "/quit"]
+    )
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    code, out, err = cli("chat", "--model", "tiny", "--max-new-tokens", "4")
+    assert code == 0, err
+    assert "no knowledge base loaded" in err and "no expert 'nobody'" in err
+    assert "saved 2 messages" in out
+    import json
+
+    saved = json.loads((tmp_path / "chat.json").read_text())
+    assert [m["role"] for m in saved["messages"]] == ["user", "assistant"]
+
+
+def test_ask_with_tools_prints_the_trace(cli: Any) -> None:
+    code, out, err = cli(
+        "ask", "2+2?", "--model", "tiny", "--tools", "finance", "--max-new-tokens", "4", "--json"
+    )
+    assert code == 0, err
+    import json
+
+    reply = json.loads(out)
+    assert reply["expert"] == "base" and "timings" in reply
+    code, _, err = cli("ask", "x", "--model", "tiny", "--tools", "nope")
+    assert code == 2 and "unknown toolset" in err

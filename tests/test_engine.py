@@ -106,3 +106,31 @@ def test_batched_lora_equals_peft_per_row(experts: Path) -> None:
     pool.remove("tax")  # the stacks follow the pool
     with torch.no_grad(), pool.batched(["law", "fin"]) as batched:
         assert batched and pool.model(input_ids=ids[:2]).logits.shape[0] == 2
+
+
+def test_scheduler_batches_concurrent_requests_for_different_experts(experts: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from domainlm.engine.scheduler import Scheduler
+
+    pool = AdapterPool(tiny_base(), roots=[experts])
+    for name in ("law", "fin"):
+        pool.add(experts / name)
+    generator = Generator(pool)
+    prompts = _prompts(pool.base.tokenizer)
+    plan = [(e, prompts[i % 4]) for i, e in enumerate(["law", "fin", BASE, "law", "fin", BASE])]
+    greedy = Sampling(max_new_tokens=6)
+    expected = [generator.run([Request(p, e, greedy)])[0].text for e, p in plan]
+    scheduler = Scheduler(generator, max_batch=8, max_wait=0.2)
+    with ThreadPoolExecutor(6) as callers:
+        futures = list(
+            callers.map(lambda item: scheduler.submit(Request(item[1], item[0], greedy)), plan)
+        )
+        texts = [f.result(timeout=60).text for f in futures]
+    scheduler.close()
+    assert texts == expected
+    assert scheduler.batches_run < len(plan)  # requests shared batches
+    bad = Scheduler(generator)
+    with pytest.raises(DomainLMError, match="no expert"):
+        bad.submit(Request(prompts[0], "nobody", greedy)).result(timeout=60)
+    bad.close()

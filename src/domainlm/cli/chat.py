@@ -45,10 +45,11 @@ def _assistant(
         return build_assistant(model, experts, kb, tools, chat_format, sampling=sampling)
 
 
-def print_reply(reply: Reply) -> None:
-    """The answer, then the articles used, citation checks and tool trace."""
+def print_reply(reply: Reply, text: bool = True) -> None:
+    """The answer (unless already streamed), then the articles, citation checks, tool trace."""
     out.print(f"[bold]{reply.expert}[/bold] ({reply.route})")
-    out.print(reply.text or "(empty reply)", markup=False, highlight=False)
+    if text:
+        out.print(reply.text or "(empty reply)", markup=False, highlight=False)
     for observation in reply.tool_trace:
         mark = "✓" if observation.ok else "✗"
         args = json.dumps(observation.arguments, ensure_ascii=False)
@@ -56,7 +57,7 @@ def print_reply(reply: Reply) -> None:
     if reply.articles:
         out.print("[dim]articles:[/dim] " + "; ".join(a.citation for a in reply.articles))
     for citation in reply.citations:
-        mark = "✓" if citation in reply.citations and citation not in reply.unverified else "✗"
+        mark = "✗" if citation in reply.unverified else "✓"
         out.print(
             f"  citation {mark} {citation.text}: {citation.verdict} {citation.detail}", markup=False
         )
@@ -118,12 +119,19 @@ def chat(
             use_kb = out_state["kb"]
             continue
         try:
-            with err.status("thinking …"):
-                reply = assistant.reply(session, line, expert=session.expert, use_kb=use_kb)
+            if assistant.toolset is None:  # stream the answer as it is written
+                reply = assistant.reply(
+                    session, line, expert=session.expert, use_kb=use_kb,
+                    on_text=lambda piece: out.print(piece, end="", markup=False, highlight=False),
+                )  # fmt: skip
+                out.print("")
+                print_reply(reply, text=False)
+            else:
+                with err.status("thinking …"):
+                    reply = assistant.reply(session, line, expert=session.expert, use_kb=use_kb)
+                print_reply(reply)
         except DomainLMError as exc:
             err.print(f"error: {exc}", markup=False)
-            continue
-        print_reply(reply)
 
 
 def _command(line: str, assistant: Assistant, session: Session, state: dict[str, bool]) -> bool:

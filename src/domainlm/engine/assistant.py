@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,12 +120,15 @@ class Assistant:
         use_kb: bool = True,
         tool_choice: str | None = None,
         use_tools: bool = True,
+        on_text: Callable[[str], None] | None = None,
     ) -> Reply:
         """Answer `text` in `session` (which is updated with the exchange).
 
         Args:
             expert: an expert name, "auto" to route by the cards, None/"base" for the base.
             tool_choice: a tool name to force the first step to call it.
+            on_text: called with each piece of the answer as it is generated (when no
+                tools are in play; with tools the reply is known only after the loop).
         """
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -139,8 +143,9 @@ class Assistant:
         turn = time.perf_counter()
         for step in range(self.max_tool_steps + 1):
             message, error = self._generate(
-                session, name, toolset, tool_choice if step == 0 else None
-            )
+                session, name, toolset, tool_choice if step == 0 else None,
+                on_text if toolset is None else None,
+            )  # fmt: skip
             if not message.tool_calls or toolset is None or step == self.max_tool_steps:
                 answer = message.content
                 session.messages.append(Message(role="assistant", content=answer))
@@ -219,7 +224,12 @@ class Assistant:
         return with_tools != without
 
     def _generate(
-        self, session: Session, name: str, toolset: Toolset | None, tool_choice: str | None
+        self,
+        session: Session,
+        name: str,
+        toolset: Toolset | None,
+        tool_choice: str | None,
+        on_text: Callable[[str], None] | None = None,
     ) -> tuple[Message, str | None]:
         """The model's next message, and why its tool call could not be read (if so)."""
         conversation = self._conversation(session, name, toolset)
@@ -232,8 +242,15 @@ class Assistant:
             prefix = f'<tool_call>{{"name": "{tool_choice}", "arguments": {{'
             prompt = prompt + self.format.tokenizer(prefix, add_special_tokens=False)["input_ids"]
         stops = [*self.format.stop_strings, "</tool_call>"] if prefix else self.format.stop_strings
-        completion = self.generator.run([Request(prompt, name, self.sampling, stops)])[0]
-        text = prefix + completion.text
+        request = Request(prompt, name, self.sampling, stops)
+        if on_text is not None:
+            pieces = []
+            for piece in self.generator.stream(request):
+                pieces.append(piece)
+                on_text(piece)
+            text = prefix + "".join(pieces)
+        else:
+            text = prefix + self.generator.run([request])[0].text
         if "<tool_call>" in text and "</tool_call>" not in text:
             # The stop string ended the call, or the model wrote a cut-off closing tag.
             text = text.rstrip().removesuffix("</tool_call").rstrip() + "</tool_call>"
