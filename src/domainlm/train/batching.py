@@ -12,7 +12,6 @@ the loss of a packed batch equals the loss of the same examples run one by one.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import random
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import torch
 from domainlm.chat.formats import IGNORE_INDEX, ChatFormat, Rendered
 from domainlm.data.pipeline import LoadOptions, load
 from domainlm.errors import DomainLMError
-from domainlm.io import read_lines
+from domainlm.io import read_lines, sha256_file
 
 
 @dataclass
@@ -58,11 +57,8 @@ class Dataset:
 
 
 def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()[:32]
+    """The dataset hash recorded in an expert card."""
+    return "sha256:" + sha256_file(path)[:32]
 
 
 def tokenize_sft(
