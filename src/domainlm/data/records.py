@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,23 @@ def read_records(
         yield from _json_document(path, encoding, max_line_bytes)
     else:
         yield from _jsonl(path, encoding, max_line_bytes)
+
+
+def read_texts(path: str | Path, fields: Sequence[str]) -> Iterator[str]:
+    """The non-empty text under the first of `fields` that each record has.
+
+    Raises:
+        DomainLMError: naming the line of an unreadable record or one without the field.
+    """
+    for record in read_records(path):
+        if record.error is not None:
+            raise record.error
+        data = record.data
+        value = next((data[f] for f in fields if isinstance(data, dict) and f in data), None)
+        if not isinstance(value, str):
+            raise DomainLMError(f"{record.where}: no text field (one of {', '.join(fields)})")
+        if value.strip():
+            yield value
 
 
 def _jsonl(path: Path, encoding: str, max_line_bytes: int) -> Iterator[Record]:

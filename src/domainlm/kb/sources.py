@@ -6,14 +6,13 @@ one chunk each with their metadata; files are read by type and cut by `text.chun
 
 from __future__ import annotations
 
-import csv
-import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from domainlm.data.records import read_texts
 from domainlm.errors import DomainLMError
 from domainlm.io import installed_file, sha256_file
 from domainlm.kb.store import Chunk
@@ -113,7 +112,7 @@ def read_file(path: Path) -> Document:
     if suffix not in DOCUMENT_SUFFIXES:
         raise DomainLMError(f"{path}: unsupported file type (use {', '.join(DOCUMENT_SUFFIXES)})")
     if suffix in (".csv", ".jsonl"):
-        passages = [piece for text in _table_texts(path) for piece in chunk_text(text)]
+        passages = [piece for text in read_texts(path, TEXT_COLUMNS) for piece in chunk_text(text)]
     else:
         text = _read_text(path)
         passages = chunk_text(text)
@@ -167,44 +166,3 @@ def _docx_text(path: Path) -> str:
         prefix = "# " if style.startswith("Heading") or style.startswith("标题") else ""
         lines.append(prefix + paragraph.text)
     return "\n".join(lines)
-
-
-def _table_texts(path: Path) -> list[str]:
-    """The text column of each CSV row / JSONL record."""
-    texts = []
-    try:
-        if path.suffix.lower() == ".csv":
-            with path.open(encoding="utf-8", newline="") as handle:
-                reader = csv.DictReader(handle)
-                column = next((c for c in TEXT_COLUMNS if c in (reader.fieldnames or [])), None)
-                if column is None:
-                    raise DomainLMError(
-                        f"{path}: no text column (one of {', '.join(TEXT_COLUMNS)})"
-                    )
-                texts = [row.get(column) or "" for row in reader]
-        else:
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DomainLMError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-                value = next(
-                    (
-                        record.get(c)
-                        for c in TEXT_COLUMNS
-                        if isinstance(record, dict) and c in record
-                    ),
-                    None,
-                )
-                if not isinstance(value, str):
-                    raise DomainLMError(
-                        f"{path}:{number}: no text field (one of {', '.join(TEXT_COLUMNS)})"
-                    )
-                texts.append(value)
-    except UnicodeDecodeError as exc:
-        raise DomainLMError(
-            f"{path}: not UTF-8 text (byte {exc.start}); convert it first"
-        ) from None
-    return [t for t in texts if t.strip()]

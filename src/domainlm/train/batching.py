@@ -12,7 +12,6 @@ the loss of a packed batch equals the loss of the same examples run one by one.
 from __future__ import annotations
 
 import bisect
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ import torch
 
 from domainlm.chat.formats import IGNORE_INDEX, ChatFormat, Rendered
 from domainlm.data.pipeline import LoadOptions, load
+from domainlm.data.records import read_texts as record_texts
 from domainlm.errors import DomainLMError
-from domainlm.io import read_lines, sha256_file
+from domainlm.io import sha256_file
 
 
 @dataclass
@@ -93,8 +93,8 @@ def tokenize_sft(
 
 
 def read_texts(path: Path, text_field: str) -> Iterator[str]:
-    """Documents of a pt dataset: `text_field` of each JSONL line, or blank-line-separated
-    paragraphs of a .txt/.md file (one statute article per paragraph, say)."""
+    """Documents of a pt dataset: `text_field` of each JSONL/JSON/CSV record, or
+    blank-line-separated paragraphs of a .txt/.md file (one statute article per paragraph)."""
     if path.suffix in (".txt", ".md"):
         try:
             text = path.read_text(encoding="utf-8")
@@ -104,20 +104,7 @@ def read_texts(path: Path, text_field: str) -> Iterator[str]:
             if block.strip():
                 yield block.strip()
         return
-    for line_no, item in read_lines(path):
-        if isinstance(item, Exception):
-            raise DomainLMError(str(item))
-        if not item.strip():
-            continue
-        try:
-            record = json.loads(item)
-        except json.JSONDecodeError as exc:
-            raise DomainLMError(f"{path}:{line_no}: not valid JSON: {exc.msg}") from None
-        value = record.get(text_field) if isinstance(record, dict) else None
-        if not isinstance(value, str):
-            raise DomainLMError(f"{path}:{line_no}: {text_field}: expected a text field")
-        if value.strip():
-            yield value
+    yield from record_texts(path, [text_field])
 
 
 def tokenize_pt(path: Path, tokenizer: Any, text_field: str, max_seq_len: int) -> list[Rendered]:
