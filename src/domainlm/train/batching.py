@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from domainlm.chat.conversation import Conversation
 from domainlm.chat.formats import IGNORE_INDEX, ChatFormat, Rendered
 from domainlm.data.pipeline import LoadOptions, load
 from domainlm.data.records import read_texts as record_texts
@@ -61,10 +62,8 @@ def file_hash(path: Path) -> str:
     return "sha256:" + sha256_file(path)[:32]
 
 
-def tokenize_sft(
-    path: Path, chat_format: ChatFormat, max_seq_len: int, system_prompt: str | None = None
-) -> tuple[list[Rendered], int]:
-    """Rendered examples of a conversation file and how many were truncated.
+def read_conversations(path: Path, system_prompt: str | None = None) -> list[Conversation]:
+    """The conversations of a training or dev file, all valid.
 
     Raises:
         DomainLMError: naming the first bad record (run `domainlm data validate` for all).
@@ -81,8 +80,16 @@ def tokenize_sft(
             f"{first} ({len(report.rejected)} bad record(s) in {path}; "
             f"`domainlm data validate {path}` lists them)"
         )
+    return report.conversations
+
+
+def render_sft(
+    conversations: list[Conversation], chat_format: ChatFormat, max_seq_len: int
+) -> tuple[list[Rendered], int]:
+    """Rendered examples (cut to `max_seq_len`, those with nothing to train dropped) and
+    how many were truncated."""
     examples, truncated = [], 0
-    for conversation in report.conversations:
+    for conversation in conversations:
         rendered = chat_format.render(conversation)
         if len(rendered.input_ids) > max_seq_len:
             truncated += 1
@@ -90,6 +97,13 @@ def tokenize_sft(
         if len(rendered.input_ids) > 1 and rendered.trained_tokens > 0:
             examples.append(rendered)
     return examples, truncated
+
+
+def tokenize_sft(
+    path: Path, chat_format: ChatFormat, max_seq_len: int, system_prompt: str | None = None
+) -> tuple[list[Rendered], int]:
+    """Rendered examples of a conversation file and how many were truncated."""
+    return render_sft(read_conversations(path, system_prompt), chat_format, max_seq_len)
 
 
 def read_texts(path: Path, text_field: str) -> Iterator[str]:

@@ -17,7 +17,14 @@ import torch
 from domainlm.chat.formats import ChatFormat, Rendered, get_format
 from domainlm.errors import DomainLMError
 from domainlm.models.base import BaseModel, load_base
-from domainlm.train.batching import Dataset, file_hash, tokenize_pt, tokenize_sft
+from domainlm.train.batching import (
+    Dataset,
+    file_hash,
+    read_conversations,
+    render_sft,
+    tokenize_pt,
+    tokenize_sft,
+)
 from domainlm.train.recipe import LoraSpec, OptimSpec, Recipe
 
 
@@ -201,13 +208,9 @@ def load_dev(
     max_len = recipe.optim.max_seq_len
     if recipe.stage == "pt":
         return tokenize_pt(recipe.eval.dev, tokenizer, recipe.datasets[0].text_field, max_len), []
-    from domainlm.data.pipeline import LoadOptions, load
-
-    examples, _ = tokenize_sft(recipe.eval.dev, chat_format, max_len, recipe.system_prompt)
-    report = load(
-        [recipe.eval.dev], LoadOptions(system_prompt=recipe.system_prompt, allow_duplicates=True)
-    )
-    return examples, report.conversations
+    conversations = read_conversations(recipe.eval.dev, recipe.system_prompt)
+    examples, _ = render_sft(conversations, chat_format, max_len)
+    return examples, conversations
 
 
 def make_format(recipe: Recipe, tokenizer: Any) -> ChatFormat:

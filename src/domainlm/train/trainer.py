@@ -95,6 +95,7 @@ class Run:
     chat_format: ChatFormat
     model: Any
     plan: BatchPlan
+    batches_per_epoch: int
     dev_batches: list[Batch]
     dev_conversations: list[Any]
     total_steps: int
@@ -175,11 +176,12 @@ def _prepare(recipe: Recipe, folder: Path, resume: bool, console: Console) -> Ru
         datasets, optim.batch_size, optim.max_seq_len, optim.packing,
         base.tokenizer.pad_token_id, recipe.seed,
     )  # fmt: skip
-    total = count_steps(optim, len(plan.epoch(0)), accelerator.num_processes)
+    batches_per_epoch = len(plan.epoch(0))  # packs the whole epoch: once per run
+    total = count_steps(optim, batches_per_epoch, accelerator.num_processes)
     optimizer, scheduler = make_optimizer(model, optim, total)
     dev = eval_batches(dev_examples, optim.batch_size, optim.max_seq_len, plan.pad_id)
     run = Run(
-        recipe, folder, accelerator, base, chat_format, model, plan, dev,
+        recipe, folder, accelerator, base, chat_format, model, plan, batches_per_epoch, dev,
         dev_conversations, total, optimizer, scheduler,
     )  # fmt: skip
     if resume:
@@ -229,7 +231,6 @@ def _loop(
     recipe, state, acc = run.recipe, run.state, run.accelerator
     per_step = recipe.optim.grad_accum * acc.num_processes
     stream = run.plan.batches(start=state.micro_batches)
-    batches_per_epoch = len(run.plan.epoch(0))
     run.loss_model.train()
     with TrainProgress(console, run.total_steps, state.step, enabled=run.main) as progress:
         while state.step < run.total_steps:
@@ -247,7 +248,7 @@ def _loop(
             state.last_loss = loss
             row = {
                 "step": state.step,
-                "epoch": round(state.micro_batches / batches_per_epoch, 4),
+                "epoch": round(state.micro_batches / run.batches_per_epoch, 4),
                 "loss": loss,
                 "grad_norm": grad_norm,
                 "lr": lr,
