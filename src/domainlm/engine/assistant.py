@@ -111,6 +111,7 @@ class Assistant:
         self.sampling = sampling or Sampling(max_new_tokens=256)
         self.top_k = top_k
         self.max_tool_steps = max_tool_steps
+        self._shows_tools: dict[tuple[str, ...], bool] = {}
 
     def reply(
         self,
@@ -205,7 +206,7 @@ class Assistant:
         conversation = Conversation(
             messages=[Message(role="system", content=system), *session.messages], tools=tools
         )
-        if tools and not self._template_shows_tools(conversation):
+        if tools and not self._template_shows_tools(tools):
             # The template has no tool syntax: describe the tools and show one call, which
             # small models need to produce a well-formed one.
             specs = "\n".join(_signature(t) for t in tools)
@@ -217,11 +218,16 @@ class Assistant:
                 ]
         return conversation
 
-    def _template_shows_tools(self, conversation: Conversation) -> bool:
-        """Whether the chat format puts tool schemas into the prompt by itself."""
-        with_tools = self.format.render_prompt(conversation)
-        without = self.format.render_prompt(conversation.model_copy(update={"tools": []}))
-        return with_tools != without
+    def _template_shows_tools(self, tools: list[ToolSpec]) -> bool:
+        """Whether the chat format puts tool schemas into the prompt by itself (a property
+        of the template and the tools, so probed once per toolset on a one-line chat)."""
+        key = tuple(t.name for t in tools)
+        if key not in self._shows_tools:
+            probe = Conversation(messages=[Message(role="user", content="?")], tools=tools)
+            without = probe.model_copy(update={"tools": []})
+            shown = self.format.render_prompt(probe) != self.format.render_prompt(without)
+            self._shows_tools[key] = shown
+        return self._shows_tools[key]
 
     def _generate(
         self,
