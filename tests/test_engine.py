@@ -134,3 +134,27 @@ def test_scheduler_batches_concurrent_requests_for_different_experts(experts: Pa
     with pytest.raises(DomainLMError, match="no expert"):
         bad.submit(Request(prompts[0], "nobody", greedy)).result(timeout=60)
     bad.close()
+
+
+def test_adapters_on_embeddings_use_peft_path(tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from domainlm.train.expert import BaseRef, ExpertCard, write_card
+
+    base = tiny_base()
+    config = LoraConfig(r=4, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False)
+    model = get_peft_model(base.model, config)
+    model.save_pretrained(tmp_path / "emb")
+    base.model = model.unload()
+    ref = BaseRef(model="tiny", content_hash=base.content_hash, chat_format="hf")
+    write_card(tmp_path / "emb", ExpertCard(name="emb", base=ref, stage="sft"))
+    pool = AdapterPool(base)
+    pool.add(tmp_path / "emb")
+    with torch.no_grad(), pool.batched(["emb", BASE]) as batched:
+        assert not batched  # the stacked path covers linear LoRA only
+    generator = Generator(pool)
+    prompt = _prompts(base.tokenizer)[0]
+    mixed = generator.run([Request(prompt, "emb", Sampling(max_new_tokens=4)), Request(prompt)])
+    alone = generator.run([Request(prompt, "emb", Sampling(max_new_tokens=4))])
+    assert mixed[0].text == alone[0].text

@@ -91,6 +91,12 @@ def supported(layer: nn.Module, names: list[str]) -> bool:
     return any(name in lora_a for name in names)
 
 
+def _adapts(layer: nn.Module, names: list[str]) -> bool:
+    """Whether any of `names` adapts `layer` (LoRA on linear layers or on embeddings)."""
+    held = [getattr(layer, attr, {}) for attr in ("lora_A", "lora_embedding_A")]
+    return any(name in adapters for adapters in held for name in names)
+
+
 class MultiLora:
     """Forward hooks over every LoRA layer of a peft model, applying stacked experts."""
 
@@ -102,15 +108,13 @@ class MultiLora:
         self.layers: list[StackedLora] = []
         self.handles: list[Any] = []
         layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        self.ok = bool(layers) and all(
-            supported(m, self.names) or not any(n in getattr(m, "lora_A", {}) for n in self.names)
-            for m in layers
-        )
+        adapted = [m for m in layers if _adapts(m, self.names)]
+        usable = [m for m in adapted if supported(m, self.names)]
+        # Every layer an expert adapts must be plain LoRA, or peft's path serves the batch.
+        self.ok = bool(usable) and len(usable) == len(adapted)
         if not self.ok:
             return
-        for module in layers:
-            if not supported(module, self.names):
-                continue
+        for module in usable:
             weight = module.get_base_layer().weight
             dtype = weight.dtype if weight.is_floating_point() else torch.bfloat16
             stacked = StackedLora(module, self.names, dtype)
