@@ -12,7 +12,7 @@ import pytest
 
 from domainlm.errors import DomainLMError
 from domainlm.kb.base import KnowledgeBase, add, build, remove
-from domainlm.kb.numerals import parse_number, to_chinese
+from domainlm.kb.numerals import parse_article, parse_number, to_chinese
 from domainlm.kb.sources import china_law_db
 from domainlm.kb.text import chunk_text
 
@@ -20,21 +20,44 @@ CIVIL = "中华人民共和国民法典"
 CRIMINAL = "中华人民共和国刑法"
 CIVIL_PROCEDURE = "中华人民共和国民事诉讼法"
 
+AMENDMENT_12 = "中华人民共和国刑法修正案（十二）"
+
+LAWS = {
+    # law_id: (name, status, version_date, effective_date, doc_type)
+    "civ": (CIVIL, "现行有效", "2020-05-28", "2021-01-01", "法律"),
+    "cri": (CRIMINAL, "已被修改", "2020-12-26", "1997-10-01", "法律"),
+    "cri12": (AMENDMENT_12, "现行有效", "2023-12-29", "2024-03-01", "修正案"),
+    "cpl-old": (CIVIL_PROCEDURE, "历史版本", "2017-06-27", "1991-04-09", "法律"),
+    "cpl": (CIVIL_PROCEDURE, "现行有效", "2023-09-01", "2024-01-01", "法律"),
+    "arb": ("中华人民共和国经济合同仲裁法", "已废止", "1995-01-01", "1995-01-01", "法律"),
+}
+
 ARTICLES = [
-    # (law_id, law, status, chapter, number, text)
-    ("civ", CIVIL, "现行有效", "第八章 违约责任", 586,
+    # (law_id, chapter, number or label, text)
+    ("civ", "第八章 违约责任", 586,
      "当事人可以约定一方向对方给付定金作为债权的担保。定金合同自实际交付定金时成立。"),
-    ("civ", CIVIL, "现行有效", "第八章 违约责任", 587,
+    ("civ", "第八章 违约责任", 587,
      "债务人履行债务的，定金应当抵作价款或者收回。收受定金的一方不履行债务的，应当双倍返还定金。"),
-    ("civ", CIVIL, "现行有效", "第十二章 借款合同", 675,
+    ("civ", "第十二章 借款合同", 675,
      "借款人应当按照约定的期限返还借款。贷款人可以催告借款人在合理期限内返还。"),
-    ("civ", CIVIL, "现行有效", "第三章 建筑物和物件损害责任", 1254,
+    ("civ", "第三章 建筑物和物件损害责任", 1254,
      "禁止从建筑物中抛掷物品。从建筑物中抛掷物品或者从建筑物上坠落的物品造成他人损害的，由侵权人依法承担侵权责任。"),
-    ("cri", CRIMINAL, "已被修改", "第四节 正当防卫", 20,
-     "为了使国家、公共利益、本人或者他人的人身、财产和其他权利免受正在进行的不法侵害，而采取的制止不法侵害的行为，属于正当防卫。"),
-    ("cpl-old", CIVIL_PROCEDURE, "历史版本", "第一章", 300, "旧版本的条文，已被新版本取代。"),
-    ("cpl", CIVIL_PROCEDURE, "现行有效", "第一章", 122, "起诉必须符合下列条件：原告是与本案有直接利害关系的公民、法人和其他组织。"),
-    ("cpl", CIVIL_PROCEDURE, "已废止", "第一章", 290, "一条已经废止的诉讼程序规定。"),
+    ("civ", "附则", 1260,
+     "本法自2021年1月1日起施行。《中华人民共和国婚姻法》、《中华人民共和国合同法》同时废止。"),
+    ("cri", "第四节 正当防卫", 20,
+     "为了使国家、公共利益、本人或者他人的人身、财产和其他权利免受正在进行的不法侵害，而采取的制止不法侵害的行为，属于正当防卫。\n"
+     "正当防卫明显超过必要限度造成重大损害的，应当负刑事责任，但是应当减轻或者免除处罚。"),
+    ("cri", "第二章 危害公共安全罪", 133, "违反交通运输管理法规，因而发生重大事故的，处三年以下有期徒刑或者拘役。"),
+    ("cri", "第二章 危害公共安全罪", "第一百三十三条之一", "在道路上驾驶机动车，醉酒驾驶机动车的，处拘役，并处罚金。"),
+    ("cri", "第三章 破坏社会主义市场经济秩序罪", 165,
+     "国有公司、企业的董事、经理利用职务便利，自己经营或者为他人经营与其所任职公司、企业同类的营业的，处三年以下有期徒刑。"),
+    ("cri12", None, "条目一",
+     "将刑法第一百六十五条修改为：“国有公司、企业的董事、监事、高级管理人员，利用职务便利，自己经营同类营业的，处三年以下有期徒刑。\n"
+     "“其他公司、企业的董事、监事、高级管理人员实施前款行为的，依照前款的规定处罚。”"),
+    ("cri12", None, "条目二", "本修正案自2024年3月1日起施行。"),
+    ("cpl-old", "第一章", 300, "旧版本的条文，已被新版本取代。"),
+    ("cpl", "第一章", 122, "起诉必须符合下列条件：原告是与本案有直接利害关系的公民、法人和其他组织。"),
+    ("arb", "第一章", 29, "一条已经废止的诉讼程序规定。"),
 ]  # fmt: skip
 
 
@@ -51,20 +74,19 @@ def make_law_db(path: Path) -> Path:
             article_no TEXT, article_no_arabic INTEGER, article_text TEXT, char_count INTEGER);
         """
     )
-    laws: dict[str, tuple[str, str]] = {}
-    for law_id, name, status, *_ in ARTICLES:
-        laws.setdefault(law_id, (name, status))
-    for law_id, (name, status) in sorted(laws.items()):
+    for law_id, (name, status, version, effective, kind) in LAWS.items():
         conn.execute(
-            "INSERT INTO laws VALUES (?, ?, '法律', '法律', '全国人大', '2020-05-28', "
-            "'2021-01-01', '2020-05-28', ?, '民法')",
-            (law_id, name, status),
+            "INSERT INTO laws VALUES (?, ?, ?, '法律', '全国人大', ?, ?, ?, ?, '民法')",
+            (law_id, name, kind, version, effective, version, status),
         )
-    for law_id, name, status, chapter, number, text in ARTICLES:
+    for law_id, chapter, number, text in ARTICLES:
+        name, status, *_ = LAWS[law_id]
+        label = number if isinstance(number, str) else f"第{to_chinese(number)}条"
+        arabic = parse_article(label) or (parse_number(label.removeprefix("条目")), 0)
         conn.execute(
             "INSERT INTO articles (law_id, law_name, status, chapter, article_no, "
             "article_no_arabic, article_text) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (law_id, name, status, chapter, f"第{to_chinese(number)}条", number, text),
+            (law_id, name, status, chapter, label, arabic[0], text),
         )
     conn.commit()
     conn.close()
@@ -117,18 +139,24 @@ def test_verify_citations_in_every_form(law_kb: KnowledgeBase) -> None:
     text = (
         "依据《中华人民共和国民法典》第五百八十六条、第五百八十七条，民法典第675条，"
         "刑法第二十条第二款，《民法典》第２０００条，《合同法》第五十二条，"
-        "民事诉讼法第三百条，该法第二百九十条。"
+        "民事诉讼法第三百条，该法第一百二十二条，刑法第一百六十五条，刑法第一百三十三条之一，"
+        "经济合同仲裁法第二十九条，《某某条例》第三条，刑法第二十条第三款。"
     )
-    found = [(c.law, c.article, c.paragraph, c.verdict) for c in law_kb.verify(text)]
+    found = [(c.law, c.article, c.sub, c.paragraph, c.verdict) for c in law_kb.verify(text)]
     assert found == [
-        (CIVIL, 586, None, "current"),
-        (CIVIL, 587, None, "current"),
-        (CIVIL, 675, None, "current"),
-        (CRIMINAL, 20, 2, "amended"),
-        (CIVIL, 2000, None, "no_such_article"),
-        (None, 52, None, "no_such_law"),
-        (CIVIL_PROCEDURE, 300, None, "amended"),  # only in a superseded version
-        (CIVIL_PROCEDURE, 290, None, "repealed"),
+        (CIVIL, 586, 0, None, "current"),
+        (CIVIL, 587, 0, None, "current"),
+        (CIVIL, 675, 0, None, "current"),
+        (CRIMINAL, 20, 0, 2, "current"),  # 已被修改 law, article untouched since
+        (CIVIL, 2000, 0, None, "no_such_article"),
+        ("中华人民共和国合同法", 52, 0, None, "repealed"),  # known from 民法典 第1260条
+        (CIVIL_PROCEDURE, 300, 0, None, "superseded"),  # only in a superseded version
+        (CIVIL_PROCEDURE, 122, 0, None, "current"),
+        (CRIMINAL, 165, 0, None, "superseded"),  # 刑法修正案（十二） came after the text
+        (CRIMINAL, 133, 1, None, "current"),
+        ("中华人民共和国经济合同仲裁法", 29, 0, None, "repealed"),
+        (None, 3, 0, None, "unknown_law"),
+        (CRIMINAL, 20, 0, 3, "no_such_article"),  # 第二十条 has 2 款 here
     ]
     assert law_kb.verify("第五条规定了什么？") == []  # no law named: nothing to check
 
@@ -285,7 +313,7 @@ def test_the_real_statute_database(tmp_path: Path) -> None:
     verdicts = [
         c.verdict for c in kb.verify("《民法典》第五百八十六条；刑法第二十条第二款；民法典第2000条")
     ]
-    assert verdicts == ["current", "amended", "no_such_article"]
+    assert verdicts == ["current", "current", "no_such_article"]
 
 
 class _CharEncoder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -156,18 +156,31 @@ def search(
 def get(
     kb_dir: KbDir,
     law: Annotated[str, typer.Argument(help="Law name or alias, e.g. 民法典.")],
-    article: Annotated[str, typer.Argument(help="Article number: 586 or 五百八十六.")],
+    article: Annotated[
+        str, typer.Argument(help="Article: 586, 五百八十六, 第五百八十六条, 133之一 or 133-1.")
+    ],
 ) -> None:
     """Print an article (every version, current first)."""
-    from domainlm.kb.numerals import parse_number
+    from domainlm.kb.numerals import parse_article
 
-    number = parse_number(article.removeprefix("第").removesuffix("条"))
-    if number is None:
-        raise DomainLMError(f"{article!r} is not an article number")
+    parsed = parse_article(article)
+    if parsed is None:
+        raise DomainLMError(f"{article!r} is not an article number (e.g. 586, 五百八十六, 133之一)")
     kb = _open(kb_dir)
-    for chunk in kb.get(law, number):
+    versions = kb.get(law, *parsed)
+    check = kb.judge_article(law, *parsed)
+    out.print(f"{check.verdict}: {check.detail}", markup=False, style="bold")
+    for note in check.notes:
+        out.print(f"  · {note}", markup=False, highlight=False)
+    if check.verdict == "superseded" and check.article_text != versions[0].text:
+        out.print("text in force:", markup=False, style="bold")
+        out.print(check.article_text, markup=False, highlight=False)
+    for chunk in versions:
         out.print(
-            f"{chunk.citation} [{chunk.status}] {chunk.chapter or ''}", markup=False, style="bold"
+            f"{chunk.citation} [{chunk.status}, version of {chunk.version_date}] "
+            f"{chunk.chapter or ''}",
+            markup=False,
+            style="bold",
         )
         out.print(chunk.text, markup=False, highlight=False)
 
@@ -187,34 +200,66 @@ def stats(kb_dir: KbDir, as_json: Annotated[bool, typer.Option("--json")] = Fals
 def verify(
     kb_dir: KbDir,
     file: Annotated[Path, typer.Argument(help="Text to check ('-' for standard input).")],
+    on: Annotated[
+        str | None,
+        typer.Option("--on", help="Judge as of this date (YYYY-MM-DD) instead of today."),
+    ] = None,
+    suggest: Annotated[
+        bool,
+        typer.Option(
+            "--suggest/--no-suggest",
+            help="For repealed or superseded articles, suggest the nearest articles in force.",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check every statute citation in a text: exists and current, amended, repealed,
-    no such article, no such law. Exit code 1 when any citation does not hold."""
-    import sys
+    """Check every statute citation in a text. Verdicts: current (the text in force),
+    superseded (exists, but the text in force is another), repealed, not_in_force,
+    no_such_article, unknown_law (a law the KB does not hold). Exit code 0 when every
+    citation is current, 1 otherwise."""
+    from domainlm.kb.verdicts import CURRENT, check_date, summary
 
-    if str(file) == "-":
-        text = sys.stdin.read()
-    else:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DomainLMError(f"{file}: no such file") from None
-        except UnicodeDecodeError:
-            raise DomainLMError(f"{file}: not UTF-8 text") from None
-    citations = _open(kb_dir).verify(text)
+    date = check_date(on) if on else None
+    text = _read_text(file)
+    citations = _open(kb_dir).verify(text, on=date, suggest=suggest)
     if as_json:
         for c in citations:
             out.print(json.dumps(c.to_dict(), ensure_ascii=False), markup=False, highlight=False)
     else:
-        table = Table(title=f"{len(citations)} citation(s)")
-        for column in ("citation", "resolved to", "verdict", "detail"):
-            table.add_column(column, overflow="fold")
-        for c in citations:
-            table.add_row(c.text, f"{c.law or '-'} {c.article}", c.verdict, c.detail)
-        out.print(table)
-    if any(c.verdict not in ("current", "amended") for c in citations):
+        _print_verdicts(citations)
+        counts = ", ".join(f"{n} {v}" for v, n in summary(citations).items() if n)
+        out.print(f"{len(citations)} citation(s){': ' + counts if counts else ''}", markup=False)
+    if any(c.verdict != CURRENT for c in citations):
         raise typer.Exit(1)
+
+
+def _read_text(file: Path) -> str:
+    import sys
+
+    if str(file) == "-":
+        return sys.stdin.read()
+    if file.is_dir():
+        raise DomainLMError(f"{file}: a folder (give a text file, or - for standard input)")
+    try:
+        return file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DomainLMError(f"{file}: no such file") from None
+    except UnicodeDecodeError:
+        raise DomainLMError(f"{file}: not UTF-8 text") from None
+    except OSError as exc:
+        raise DomainLMError(f"{file}: cannot read ({exc.strerror})") from None
+
+
+def _print_verdicts(citations: list[Any]) -> None:
+    table = Table(show_lines=True)
+    for column in ("citation", "resolved to", "verdict", "detail"):
+        table.add_column(column, overflow="fold")
+    for c in citations:
+        lines = [c.detail, *(f"· {n}" for n in c.notes)]
+        lines += [f"→ {s['citation']} ({s['basis']})" for s in c.suggestions]
+        law = (c.law or "-").removeprefix("中华人民共和国")
+        table.add_row(c.text, f"{law} {c.label}", c.verdict, "\n".join(x for x in lines if x))
+    out.print(table)
 
 
 @app.command("eval")

@@ -22,7 +22,8 @@ from domainlm.engine.adapters import BASE, AdapterPool
 from domainlm.engine.generation import Generator, Request, Sampling
 from domainlm.engine.router import Router
 from domainlm.errors import DomainLMError, ToolCallParseError
-from domainlm.kb.citations import AMENDED, CURRENT, Citation
+from domainlm.kb.citations import Citation
+from domainlm.kb.verdicts import CURRENT
 from domainlm.kb.store import Chunk
 from domainlm.tools import Observation, Toolset
 
@@ -63,7 +64,7 @@ class Reply:
 
     @property
     def unverified(self) -> list[Citation]:
-        return [c for c in self.citations if c.verdict not in (CURRENT, AMENDED)]
+        return [c for c in self.citations if c.verdict != CURRENT]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -27,9 +27,11 @@ import numpy as np
 
 from domainlm.errors import DomainLMError
 from domainlm.kb import citations as cite
+from domainlm.kb import history, verdicts
 from domainlm.kb.dense import DENSE_FILE, RERANK_DEPTH, Encoder, Reranker, embed_all, fuse
 from domainlm.kb.index import Bm25Index
 from domainlm.kb.laws import PREFIX, LawNames
+from domainlm.kb.numerals import article_label
 from domainlm.kb.sources import CHINA_LAW, Document, china_law_db, read_china_law, read_files
 from domainlm.kb.store import STORE_FILE, Chunk, Store
 from domainlm.kb.text import Tokenizer, synonyms
@@ -37,7 +39,7 @@ from domainlm.kb.text import Tokenizer, synonyms
 MANIFEST = "kb.json"
 #: Weight of terms added by the synonym file, relative to the query's own terms.
 EXPANSION_WEIGHT = 0.5
-FORMAT = 1
+FORMAT = 2  # 2: articles 之N have their own identity; repeal and amendment tables
 MAX_QUERY_CHARS = 2000
 _REFERENCE = re.compile(r"第[零〇一二两三四五六七八九十百千万\d]+[条款项编章节]")
 
@@ -56,7 +58,7 @@ class KnowledgeBase:
         self.store = store
         self.index = index
         self.manifest = manifest
-        self.laws = LawNames(manifest.get("laws", []))
+        self.laws = LawNames(manifest.get("laws", []), manifest.get("repealed", []))
         self.law_of_row = np.load(folder / "laws.npy")
         self._tokenizer: Tokenizer | None = None
         self.dense: np.ndarray | None = None
@@ -143,7 +145,7 @@ class KnowledgeBase:
         for citation in cite.extract(query, self):
             if citation.law is None or (wanted_law and citation.law != wanted_law):
                 continue
-            versions = self.store.articles(citation.law, citation.article)
+            versions = self.store.articles(citation.law, citation.article, citation.sub)
             if versions:
                 versions[0].score, versions[0].via = float("inf"), "cited"
                 hits.append(versions[0])
@@ -164,30 +166,50 @@ class KnowledgeBase:
             query_vector = self.encoder.encode([query])[0]
             scores = fuse(scores, self.dense @ query_vector, mask)
         scores = scores * mask
-        named = [wanted_law] if wanted_law else self.laws.mentioned(query)
+        held = self.manifest["laws"]
+        named = [wanted_law] if wanted_law else [n for n in self.laws.mentioned(query) if n in held]
         if named:
-            law_ids = [self.manifest["laws"].index(n) for n in named if n in self.manifest["laws"]]
+            law_ids = [held.index(n) for n in named]
             in_named = np.isin(self.law_of_row, law_ids)
             scores = scores * np.where(in_named, 1.0, 0.0 if wanted_law else 0.6)
         return scores
 
-    def get(self, law: str, number: int) -> list[Chunk]:
-        """Every version of article `number` of `law` (current first).
+    def get(self, law: str, number: int, sub: int = 0) -> list[Chunk]:
+        """Every version of article `number` (之`sub`) of `law` (current first).
 
         Raises:
             DomainLMError: for an unknown law or article.
         """
         name = self.laws.resolve(law)
-        if name is None:
+        if name is None or name not in self.laws.names:
             raise DomainLMError(f"no law named {law!r} in this knowledge base")
-        versions = self.store.articles(name, number)
+        versions = self.store.articles(name, number, sub)
         if not versions:
+            written = f"{number}之{sub}" if sub else str(number)
             last = self.store.max_article(name)
-            raise DomainLMError(f"{name} has no article {number} (articles 1-{last})")
+            subs = self.store.subs(name, number)
+            also = f"; it has {', '.join(f'{number}之{s}' for s in subs)}" if subs and sub else ""
+            raise DomainLMError(
+                f"{name} has no article {written} ({article_label(number, sub)}; "
+                f"articles 1-{last}{also})"
+            )
         return versions
 
-    def verify(self, text: str) -> list[cite.Citation]:
-        return cite.verify(text, self)
+    def judge_article(
+        self, law: str, number: int, sub: int = 0, on: str | None = None
+    ) -> cite.Citation:
+        """The verdict on one article of a law the KB holds (as `verify` gives it)."""
+        name = self.laws.resolve(law)
+        citation = cite.Citation(
+            text=law, start=0, end=0, law_written=law, law=name, article=number, sub=sub
+        )
+        verdicts.Judge(self, on, suggest=False).judge(citation)
+        return citation
+
+    def verify(self, text: str, on: str | None = None, suggest: bool = True) -> list[cite.Citation]:
+        """Every statute citation in `text`, judged as of `on` (ISO date, default today):
+        see `kb.verdicts` for what each verdict means."""
+        return verdicts.verify(text, self, on, suggest)
 
     def stats(self) -> dict[str, Any]:
         stats = self.store.stats()
@@ -208,7 +230,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise DomainLMError(f"{path}: unreadable manifest ({exc})") from None
     if manifest.get("format") != FORMAT:
         raise DomainLMError(
-            f"{folder}: knowledge base format {manifest.get('format')} (expected {FORMAT})"
+            f"{folder}: knowledge base format {manifest.get('format')} (expected {FORMAT}): "
+            "rebuild it with `domainlm kb build`"
         )
     return manifest
 
@@ -367,6 +390,7 @@ def _finish(
             progress("tokenize", done, len(pending))
         if pool is not None:
             pool.shutdown()
+    history.mine(store)
     store.commit()
     rows = list(store.all_tokens())
     if not rows:
@@ -391,6 +415,7 @@ def _finish(
         "sources": [r[0] for r in store.conn.execute("SELECT DISTINCT source FROM docs")],
         "chunks": len(rows),
         "laws": law_names,
+        "repealed": [r[0] for r in store.conn.execute("SELECT name FROM repeals ORDER BY 1")],
         "user_words": words,
         "build_seconds": round(time.perf_counter() - started, 2),
     }

@@ -1,10 +1,21 @@
-"""Law names: full names, short names and abbreviations resolved to the name in the KB."""
+"""Law names: full names, short forms and abbreviations resolved to one name per law.
+
+Short forms are derived from the names themselves (中华人民共和国劳动合同法 -> 劳动合同法;
+全国人民代表大会常务委员会关于禁毒的决定 -> 关于禁毒的决定, 全国人大常委会关于禁毒的决定);
+only abbreviations no rule can derive (民诉法, 消保法) come from `data/law_aliases.txt`.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from importlib import resources
 
 PREFIX = "中华人民共和国"
+_ISSUERS = ("全国人民代表大会常务委员会", "全国人民代表大会", "全国人大常委会")
+#: Version notes written after a name: 《民事诉讼法（2021修正）》, 《公司法》(2018年修订).
+_VERSION_NOTE = re.compile(r"[（(]\s*\d{4}\s*年?\s*(?:修正|修订|修改)?\s*[)）]\s*$")
+_PART_NOTE = re.compile(r"[·•・].*$")
 
 
 def curated_aliases() -> dict[str, str]:
@@ -17,27 +28,54 @@ def curated_aliases() -> dict[str, str]:
     return pairs
 
 
-class LawNames:
-    """Resolves 民法典 / 《中华人民共和国民法典》 / 民诉法 to the KB's law name."""
+def short_forms(name: str) -> list[str]:
+    """The ways a text may write `name`, the name itself first."""
+    forms = [name]
+    if name.startswith(PREFIX) and len(name) > len(PREFIX) + 1:
+        forms.append(name[len(PREFIX) :])
+    for issuer in _ISSUERS:
+        if name.startswith(issuer) and name[len(issuer) :].startswith("关于"):
+            rest = name[len(issuer) :]
+            forms += [rest, *(other + rest for other in _ISSUERS if other != issuer)]
+    if name.startswith("关于") and name.endswith("的决定"):
+        forms += [issuer + name for issuer in _ISSUERS]
+    return forms
 
-    def __init__(self, names: list[str]):
+
+class LawNames:
+    """Resolves 民法典 / 《中华人民共和国民法典》 / 民诉法 / 合同法 to one name per law.
+
+    `names` are the laws the KB holds; `repealed` are laws its statutes say were repealed
+    (they resolve to the name the repealing clause uses). A form that could mean two laws
+    goes to a law the KB holds, then to the first name given.
+    """
+
+    def __init__(self, names: Iterable[str], repealed: Iterable[str] = ()):
         self.names = set(names)
-        aliases: dict[str, str] = {name: name for name in names}
-        for name in names:
-            if name.startswith(PREFIX) and len(name) > len(PREFIX) + 1:
-                aliases.setdefault(name[len(PREFIX) :], name)
+        self.repealed = set(repealed) - self.names
+        aliases: dict[str, str] = {}
+        for name in sorted(self.names):
+            aliases.setdefault(name, name)
         for alias, full in curated_aliases().items():
             if full in self.names:
                 aliases.setdefault(alias, full)
+        for name in sorted(self.names):
+            for form in short_forms(name)[1:]:
+                aliases.setdefault(form, name)
+        for name in sorted(self.repealed):
+            for form in short_forms(name):
+                aliases.setdefault(form, name)
         self.aliases = aliases
         self.longest = max((len(a) for a in aliases), default=0)
+        self._longest_first = sorted((a for a in aliases if len(a) >= 3), key=len, reverse=True)
 
     def resolve(self, raw: str) -> str | None:
         name = raw.strip().strip("《》〈〉<> ")
-        if name in self.aliases:
-            return self.aliases[name]
-        if not name.startswith(PREFIX) and PREFIX + name in self.aliases:
-            return self.aliases[PREFIX + name]
+        for candidate in (name, _VERSION_NOTE.sub("", name).strip(), _PART_NOTE.sub("", name)):
+            if candidate in self.aliases:
+                return self.aliases[candidate]
+            if not candidate.startswith(PREFIX) and PREFIX + candidate in self.aliases:
+                return self.aliases[PREFIX + candidate]
         return None
 
     def ending_at(self, text: str, end: int) -> tuple[str, int] | None:
@@ -51,9 +89,7 @@ class LawNames:
     def mentioned(self, text: str) -> list[str]:
         """Laws named anywhere in `text` (longest aliases first, no overlaps)."""
         found, taken = [], [False] * len(text)
-        for alias in sorted(self.aliases, key=len, reverse=True):
-            if len(alias) < 3:
-                continue
+        for alias in self._longest_first:
             start = text.find(alias)
             while start != -1:
                 if not any(taken[start : start + len(alias)]):

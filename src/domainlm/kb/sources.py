@@ -15,6 +15,7 @@ from typing import Any
 from domainlm.data.records import read_texts
 from domainlm.errors import DomainLMError
 from domainlm.io import installed_file, sha256_file
+from domainlm.kb.numerals import parse_article
 from domainlm.kb.store import Chunk
 from domainlm.kb.text import chunk_text
 
@@ -75,6 +76,8 @@ def read_china_law(path: Path) -> Document:
             law_id=row["law_id"],
             article_no=row["article_no"],
             article_num=row["article_no_arabic"],
+            # The database numbers 第一百三十三条之一 133 like 第一百三十三条: the label tells.
+            article_sub=_sub_of(row["article_no"]),
             chapter=row["chapter"],
             section=row["section"],
             status=row["status"],
@@ -85,6 +88,11 @@ def read_china_law(path: Path) -> Document:
         if (row["article_text"] or "").strip()
     ]
     return Document(str(path), "statutes", "statutes", sha256_file(path), chunks, laws)
+
+
+def _sub_of(label: str | None) -> int:
+    parsed = parse_article(label or "")
+    return parsed[1] if parsed else 0
 
 
 def read_files(path: Path) -> Iterator[Document]:

@@ -22,17 +22,29 @@ CREATE TABLE IF NOT EXISTS docs (
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY, doc_id INTEGER NOT NULL REFERENCES docs(id) ON DELETE CASCADE,
     ord INTEGER NOT NULL, text TEXT NOT NULL, heading TEXT,
-    law TEXT, law_id TEXT, article_no TEXT, article_num INTEGER, chapter TEXT, section TEXT,
-    status TEXT, effective_date TEXT, version_date TEXT, tokens TEXT
+    law TEXT, law_id TEXT, article_no TEXT, article_num INTEGER, article_sub INTEGER,
+    chapter TEXT, section TEXT, status TEXT, effective_date TEXT, version_date TEXT, tokens TEXT
 );
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
-CREATE INDEX IF NOT EXISTS chunks_article ON chunks(law, article_num);
+CREATE INDEX IF NOT EXISTS chunks_article ON chunks(law, article_num, article_sub);
 CREATE TABLE IF NOT EXISTS laws (
     law_id TEXT PRIMARY KEY, name TEXT NOT NULL, doc_type TEXT, status TEXT,
     publish_date TEXT, effective_date TEXT, version_date TEXT, department TEXT
 );
 CREATE INDEX IF NOT EXISTS laws_name ON laws(name);
+CREATE TABLE IF NOT EXISTS repeals (
+    name TEXT NOT NULL, repealed_on TEXT, successor TEXT, clause TEXT, clause_law TEXT
+);
+CREATE TABLE IF NOT EXISTS amendments (
+    law TEXT NOT NULL, article_num INTEGER NOT NULL, article_sub INTEGER NOT NULL,
+    old_num INTEGER, old_sub INTEGER, paragraph INTEGER, action TEXT NOT NULL,
+    act TEXT NOT NULL, act_date TEXT, effective TEXT, new_text TEXT
+);
+CREATE INDEX IF NOT EXISTS amendments_article ON amendments(law, article_num, article_sub);
 """
+
+#: Article numbers at or past this bound name no article (and never reach SQLite).
+MAX_ARTICLE = 100_000
 
 #: Article statuses that are the law in force ("已被修改" marks the current text of a law
 #: that has amendments; the text itself is in force).
@@ -49,6 +61,8 @@ class Chunk:
     law_id: str | None = None
     article_no: str | None = None
     article_num: int | None = None
+    #: N of 第X条之N (articles inserted by an amendment between X and X+1); 0 for 第X条.
+    article_sub: int = 0
     chapter: str | None = None
     section: str | None = None
     status: str | None = None
@@ -74,8 +88,8 @@ class Chunk:
 
 
 _CHUNK_COLUMNS = (
-    "text, heading, law, law_id, article_no, article_num, chapter, section, status, "
-    "effective_date, version_date"
+    "text, heading, law, law_id, article_no, article_num, article_sub, chapter, section, "
+    "status, effective_date, version_date"
 )
 
 
@@ -106,10 +120,10 @@ class Store:
         doc_id = int(cursor.lastrowid or 0)
         self.conn.executemany(
             f"INSERT INTO chunks (doc_id, ord, {_CHUNK_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 (doc_id, i, c.text, c.heading, c.law, c.law_id, c.article_no, c.article_num,
-                 c.chapter, c.section, c.status, c.effective_date, c.version_date)
+                 c.article_sub, c.chapter, c.section, c.status, c.effective_date, c.version_date)
                 for i, c in enumerate(chunks)
             ),
         )  # fmt: skip
@@ -160,15 +174,47 @@ class Store:
         )
         return {row["id"]: _chunk(row) for row in rows}
 
-    def articles(self, law: str, number: int) -> list[Chunk]:
-        """Every version of article `number` of `law`, current ones first."""
+    def articles(self, law: str, number: int, sub: int = 0) -> list[Chunk]:
+        """Every version of article `number` (之`sub`) of `law`, current ones first."""
+        if not 0 < number < MAX_ARTICLE or not 0 <= sub < MAX_ARTICLE:
+            return []  # SQLite integers are 64-bit: 第99999999999999999999条 overflows
         rows = self.conn.execute(
             f"SELECT c.id, c.doc_id, d.source, {_prefixed('c.')} FROM chunks c "
             "JOIN docs d ON d.id = c.doc_id WHERE c.law = ? AND c.article_num = ? "
+            "AND c.article_sub = ? "
             "ORDER BY c.status NOT IN ('现行有效', '已被修改'), c.version_date DESC",
-            (law, number),
+            (law, number, sub),
         )
         return [_chunk(row) for row in rows]
+
+    def subs(self, law: str, number: int) -> list[int]:
+        """The 之N articles inserted after article `number` of `law` (any version)."""
+        if not 0 < number < MAX_ARTICLE:
+            return []
+        rows = self.conn.execute(
+            "SELECT DISTINCT article_sub FROM chunks WHERE law = ? AND article_num = ? "
+            "AND article_sub > 0 ORDER BY 1",
+            (law, number),
+        )
+        return [r[0] for r in rows]
+
+    def versions(self, law: str) -> list[sqlite3.Row]:
+        """The `laws` rows of every version of `law`, oldest first."""
+        return list(
+            self.conn.execute(
+                "SELECT * FROM laws WHERE name = ? ORDER BY version_date, effective_date", (law,)
+            )
+        )
+
+    def max_article(self, law: str, law_id: str | None = None) -> int:
+        """The highest article number of `law` (of its version `law_id` when given)."""
+        if law_id is None:
+            row = self.conn.execute("SELECT max(article_num) FROM chunks WHERE law = ?", (law,))
+        else:
+            row = self.conn.execute(
+                "SELECT max(article_num) FROM chunks WHERE law_id = ?", (law_id,)
+            )
+        return int(row.fetchone()[0] or 0)
 
     def law_versions(self) -> list[sqlite3.Row]:
         return list(self.conn.execute("SELECT * FROM laws ORDER BY name, version_date DESC"))
@@ -177,10 +223,6 @@ class Store:
         return [
             r[0] for r in self.conn.execute("SELECT DISTINCT law FROM chunks WHERE law IS NOT NULL")
         ]
-
-    def max_article(self, law: str) -> int:
-        row = self.conn.execute("SELECT max(article_num) FROM chunks WHERE law = ?", (law,))
-        return int(row.fetchone()[0] or 0)
 
     def stats(self) -> dict[str, Any]:
         one = lambda sql: self.conn.execute(sql).fetchone()[0]  # noqa: E731
