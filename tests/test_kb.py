@@ -196,7 +196,8 @@ def test_folder_of_mixed_documents_add_and_remove(tmp_path: Path) -> None:
 
     extra = tmp_path / "extra.txt"
     extra.write_text("食堂每天中午十一点半开饭。", encoding="utf-8")
-    assert add(tmp_path / "kb", [str(extra), str(docs)]) == (1, 4)  # re-adding is idempotent
+    report = add(tmp_path / "kb", [str(extra), str(docs)])
+    assert (len(report.added), len(report.unchanged)) == (1, 4)  # re-adding is idempotent
     kb = KnowledgeBase.open(tmp_path / "kb")
     assert kb.search("食堂几点开饭", k=1)[0].source == str(extra)
     assert remove(tmp_path / "kb", [str(extra)]) == 1
@@ -204,6 +205,84 @@ def test_folder_of_mixed_documents_add_and_remove(tmp_path: Path) -> None:
     assert all(c.source != str(extra) for c in kb.search("食堂开饭", k=5))
     with pytest.raises(DomainLMError, match="no documents from"):
         remove(tmp_path / "kb", [str(extra)])
+
+
+def test_changed_files_replace_their_old_text(tmp_path: Path, cli: Any) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    rules = docs / "rules.txt"
+    rules.write_text("差旅补贴标准为每天三千元。", encoding="utf-8")
+    (docs / "other.txt").write_text("会议室需要提前预订。", encoding="utf-8")
+    kb_dir = tmp_path / "kb"
+    build(kb_dir, [str(docs)], workers=1)
+    rules.write_text("差旅补贴标准为每天五千元。", encoding="utf-8")
+    report = add(kb_dir, [str(docs)])
+    assert (report.replaced, len(report.unchanged), report.added) == ([str(rules)], 1, [])
+    kb = KnowledgeBase.open(kb_dir)
+    texts = [c.text for c in kb.search("差旅补贴标准", k=5)]
+    assert any("五千元" in t for t in texts) and not any("三千元" in t for t in texts)
+    assert kb.stats()["documents"] == 2
+    # The same file named from another working directory is the same source.
+    code, out, _ = cli("kb", "add", kb_dir, str(docs / ".." / "docs" / "rules.txt"))
+    assert code == 0 and "0 added" in out and "1 unchanged" in out
+    # A folder removes everything under it; the last documents are not removed.
+    with pytest.raises(DomainLMError, match="would leave"):
+        remove(kb_dir, [str(docs)])
+    (tmp_path / "keep.txt").write_text("保留的文件。", encoding="utf-8")
+    add(kb_dir, [str(tmp_path / "keep.txt")])
+    assert remove(kb_dir, [str(docs)]) == 2
+
+
+def test_docx_tables_pdf_furniture_and_unreadable_files(tmp_path: Path, cli: Any) -> None:
+    import docx
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+    from reportlab.pdfgen import canvas
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    document = docx.Document()
+    document.add_heading("管辖约定", level=1)
+    table = document.add_table(rows=3, cols=2)
+    for row, cells in enumerate((("争议类型", "管辖法院"), ("合同纠纷", "北京市朝阳区人民法院"),
+                                 ("劳动争议", "海淀区劳动人事争议仲裁委员会"))):  # fmt: skip
+        for column, text in enumerate(cells):
+            table.cell(row, column).text = text
+    document.save(str(docs / "jurisdiction.docx"))
+
+    pdfmetrics.registerFont(UnicodeCIDFont("STSong-Light"))
+    pdf = canvas.Canvas(str(docs / "process.pdf"))
+    for page, article in enumerate(("第一条 律师接受委托后应当在三日内建立案卷。",
+                                    "第二条 案卷应当在结案后三十日内归档。")):  # fmt: skip
+        pdf.setFont("STSong-Light", 9)
+        pdf.drawString(72, 800, "某某律师事务所内部文件")
+        if page == 0:
+            pdf.setFont("STSong-Light", 16)
+            pdf.drawString(72, 770, "案件办理流程规定")
+        pdf.setFont("STSong-Light", 12)
+        pdf.drawString(72, 740, article)
+        pdf.drawString(72, 50, f"第 {page + 1} 页")
+        pdf.showPage()
+    pdf.save()
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 truncated")
+
+    code, _, err = cli("kb", "build", tmp_path / "kb", "--source", docs)
+    assert code == 0, err
+    assert "skipped" in err and "broken.pdf" in err and "cannot read the PDF" in err
+    assert "EOF marker" not in err.replace("cannot read the PDF (EOF marker", "")  # pypdf quiet
+    kb = KnowledgeBase.open(tmp_path / "kb")
+    assert [s["path"] for s in kb.manifest["skipped"]] == [str(docs / "broken.pdf")]
+    hit = kb.search("合同纠纷由哪个法院管辖", k=1)[0]
+    assert "合同纠纷" in hit.text and "北京市朝阳区人民法院" in hit.text
+    first = kb.search("律师接受委托后多久建立案卷", k=1)[0]
+    assert first.heading == "案件办理流程规定" and first.text.startswith("第一条")
+    passages = " ".join(c.text for c in kb.search("案卷 归档 律师", k=5))
+    assert "律师事务所内部文件" not in passages and "第 1 页" not in passages
+    # --strict: one unreadable file stops the build and leaves the KB as it was.
+    before = (tmp_path / "kb" / "kb.json").read_text()
+    code, _, err = cli("kb", "build", tmp_path / "kb", "--source", docs, "--strict")
+    assert code == 2 and "broken.pdf" in err
+    assert (tmp_path / "kb" / "kb.json").read_text() == before
 
 
 def test_one_document_kb(tmp_path: Path) -> None:

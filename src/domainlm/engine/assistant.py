@@ -23,8 +23,8 @@ from domainlm.engine.generation import Generator, Request, Sampling
 from domainlm.engine.router import Router
 from domainlm.errors import DomainLMError, ToolCallParseError
 from domainlm.kb.citations import Citation
-from domainlm.kb.verdicts import CURRENT
 from domainlm.kb.store import Chunk
+from domainlm.kb.verdicts import CURRENT
 from domainlm.tools import Observation, Toolset
 
 DEFAULT_SYSTEM = "你是一名专业、严谨的助手。"

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,15 @@ from domainlm.kb.dense import DENSE_FILE, RERANK_DEPTH, Encoder, Reranker, embed
 from domainlm.kb.index import Bm25Index
 from domainlm.kb.laws import PREFIX, LawNames
 from domainlm.kb.numerals import article_label
-from domainlm.kb.sources import CHINA_LAW, Document, china_law_db, read_china_law, read_files
+from domainlm.kb.sources import (
+    CHINA_LAW,
+    Document,
+    Unreadable,
+    china_law_db,
+    read_china_law,
+    read_files,
+    source_name,
+)
 from domainlm.kb.store import STORE_FILE, Chunk, Store
 from domainlm.kb.text import Tokenizer, synonyms
 
@@ -236,16 +245,41 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+@dataclass
+class IngestReport:
+    """What `build`/`add` did with each source file."""
+
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # same path, new content
+    unchanged: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, same content as)
+    skipped: list[Unreadable] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [
+            f"{len(self.added)} added",
+            f"{len(self.replaced)} replaced (changed since added)",
+            f"{len(self.unchanged)} unchanged",
+        ]
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} duplicate(s) of documents already there")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} unreadable file(s) skipped")
+        return ", ".join(parts)
+
+
 def build(
     folder: str | Path,
     sources: list[str],
     progress: Progress = _quiet,
     workers: int | None = None,
     dense: str | None = None,
+    strict: bool = False,
 ) -> KnowledgeBase:
     """Build a KB at `folder` from `sources` (`china-law`, a laws.db, files or folders),
     replacing any KB already there. `dense` adds sentence embeddings (`use` or a local
-    sentence-transformers folder) fused with BM25 at query time."""
+    sentence-transformers folder) fused with BM25 at query time. Unreadable files are
+    skipped and listed in the manifest (`skipped`); with `strict` they stop the build."""
     folder = Path(folder)
     if not sources:
         raise DomainLMError("give at least one --source (china-law, a file or a folder)")
@@ -253,8 +287,8 @@ def build(
     with _staging(folder, copy=False) as staging:
         store = Store(staging / STORE_FILE)
         encoder = Encoder(dense) if dense else None  # fail early on a missing encoder
-        _ingest(store, sources, progress)
-        _finish(staging, store, progress, workers, encoder)
+        report = _ingest(store, sources, progress, strict)
+        _finish(staging, store, progress, workers, encoder, report)
     return KnowledgeBase.open(folder)
 
 
@@ -267,19 +301,22 @@ def from_document(path: str | Path) -> KnowledgeBase:
 
     folder = Path(tempfile.mkdtemp(prefix="domainlm-doc-kb-"))
     atexit.register(shutil.rmtree, folder, True)
-    return build(folder / "kb", [str(path)], workers=1)
+    return build(folder / "kb", [str(path)], workers=1, strict=True)
 
 
-def add(folder: str | Path, sources: list[str], progress: Progress = _quiet) -> tuple[int, int]:
-    """Add `sources` to the KB at `folder`; documents already there (same content) are
-    skipped. Returns (documents added, skipped)."""
+def add(
+    folder: str | Path, sources: list[str], progress: Progress = _quiet, strict: bool = False
+) -> IngestReport:
+    """Add `sources` to the KB at `folder`. A file already there (same path) is skipped when
+    its content is unchanged and replaced when it changed; unreadable files are skipped
+    (with `strict`, they stop the change and the KB stays as it was)."""
     folder = Path(folder)
     encoder = _encoder_of(read_manifest(folder))
     with _staging(folder, copy=True) as staging:
         store = Store(staging / STORE_FILE)
-        counts = _ingest(store, sources, progress)
-        _finish(staging, store, progress, None, encoder)
-    return counts
+        report = _ingest(store, sources, progress, strict)
+        _finish(staging, store, progress, None, encoder, report)
+    return report
 
 
 def _encoder_of(manifest: dict[str, Any]) -> Encoder | None:
@@ -288,26 +325,33 @@ def _encoder_of(manifest: dict[str, Any]) -> Encoder | None:
 
 
 def remove(folder: str | Path, sources: list[str], progress: Progress = _quiet) -> int:
-    """Remove the documents read from `sources` (as listed by `kb stats`); how many."""
+    """Remove the documents read from `sources` (files as `kb stats` lists them, or a
+    folder: every document under it); how many."""
     folder = Path(folder)
     encoder = _encoder_of(read_manifest(folder))
     with _staging(folder, copy=True) as staging:
         store = Store(staging / STORE_FILE)
         removed = sum(store.remove_source(_source_name(s)) for s in sources)
-        if not removed:
+        left = store.conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+        if not removed or not left:
             store.close()
+        if not removed:
             raise DomainLMError(f"no documents from {', '.join(sources)} in {folder}")
+        if not left:
+            raise DomainLMError(
+                f"removing {', '.join(sources)} would leave {folder} empty (delete the folder)"
+            )
         _finish(staging, store, progress, None, encoder)
     return removed
 
 
 def _source_name(source: str) -> str:
     if source == CHINA_LAW:
-        return str(china_law_db())
-    return str(Path(source))
+        return source_name(china_law_db())
+    return source_name(Path(source))
 
 
-def _documents(source: str) -> Iterable[Document]:
+def _documents(source: str) -> Iterable[Document | Unreadable]:
     if source == CHINA_LAW:
         yield read_china_law(china_law_db())
     elif source.endswith(".db"):
@@ -316,13 +360,26 @@ def _documents(source: str) -> Iterable[Document]:
         yield from read_files(Path(source))
 
 
-def _ingest(store: Store, sources: list[str], progress: Progress) -> tuple[int, int]:
-    added = skipped = 0
+def _ingest(store: Store, sources: list[str], progress: Progress, strict: bool) -> IngestReport:
+    report = IngestReport()
     for source in sources:
         for document in _documents(source):
-            if store.has_doc(document.content_hash):
-                skipped += 1
+            if isinstance(document, Unreadable):
+                report.skipped.append(document)
                 continue
+            known = store.doc_hash(document.source)
+            if known == document.content_hash:
+                report.unchanged.append(document.source)
+                continue
+            same = store.source_of(document.content_hash)
+            if same is not None and same != document.source:
+                report.duplicates.append((document.source, same))
+                continue
+            if known is not None:
+                store.remove_source(document.source)
+                report.replaced.append(document.source)
+            else:
+                report.added.append(document.source)
             store.add_doc(
                 document.source,
                 document.title,
@@ -331,10 +388,13 @@ def _ingest(store: Store, sources: list[str], progress: Progress) -> tuple[int, 
                 document.chunks,
             )
             store.add_laws(document.laws)
-            added += 1
-            progress("read", added, 0)
+            progress("read", len(report.added) + len(report.replaced), 0)
+    if strict and report.skipped:
+        raise DomainLMError(
+            "unreadable: " + "; ".join(f"{u.path}: {u.reason}" for u in report.skipped)
+        )
     store.commit()
-    return added, skipped
+    return report
 
 
 def _user_words(law_names: list[str]) -> list[str]:
@@ -364,7 +424,12 @@ def _worker_tokenizer(words: list[str]) -> Tokenizer:
 
 
 def _finish(
-    staging: Path, store: Store, progress: Progress, workers: int | None, encoder: Any = None
+    staging: Path,
+    store: Store,
+    progress: Progress,
+    workers: int | None,
+    encoder: Any = None,
+    report: IngestReport | None = None,
 ) -> None:
     """Tokenize new chunks (in parallel), rebuild the index, write the manifest."""
     started = time.perf_counter()
@@ -394,7 +459,8 @@ def _finish(
     store.commit()
     rows = list(store.all_tokens())
     if not rows:
-        raise DomainLMError("the sources hold no text")
+        why = "; ".join(f"{u.path}: {u.reason}" for u in report.skipped) if report else ""
+        raise DomainLMError("the sources hold no text" + (f" ({why})" if why else ""))
     law_index = {name: i for i, name in enumerate(law_names)}
     law_of = {
         cid: law_index.get(law, -1) for cid, law in store.conn.execute("SELECT id, law FROM chunks")
@@ -418,6 +484,8 @@ def _finish(
         "repealed": [r[0] for r in store.conn.execute("SELECT name FROM repeals ORDER BY 1")],
         "user_words": words,
         "build_seconds": round(time.perf_counter() - started, 2),
+        # Files the last build/add could not read, with the reason.
+        "skipped": [asdict(u) for u in report.skipped] if report else [],
     }
     store.close()
     (staging / MANIFEST).write_text(

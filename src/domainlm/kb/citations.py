@@ -122,7 +122,10 @@ def extract(text: str, kb: KnowledgeBase) -> list[Citation]:
     plain = normalise(text)
     citations: list[Citation] = []
     last_end = 0
+    inside_names = kb.laws.spans_of_citing_names(plain)
     for match in _ARTICLE.finditer(plain):
+        if any(start <= match.start() < end for start, end in inside_names):
+            continue  # 关于《刑事诉讼法》第七十九条第三款的解释 is a name, not a citation
         numbers = _numbers(match.group("nums"))
         if not numbers:
             continue
@@ -191,6 +194,11 @@ def _law_of(
     part = _PART.search(head)
     if part:
         head = head[: part.start()].rstrip()
+    if head.endswith(("》", "〉")):
+        # A name holding a name: 《关于〈中华人民共和国刑法〉有关信用卡规定的解释》.
+        nested = kb.laws.ending_at(head, len(head) - 1)
+        if nested and head[nested[1] - 1 : nested[1]] in ("《", "〈"):
+            return head[nested[1] : len(head) - 1], nested[0], nested[1] - 1, "named"
     book = _BOOK.search(head)
     if book:
         written = book.group(1)

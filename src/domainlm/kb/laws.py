@@ -16,6 +16,7 @@ _ISSUERS = ("全国人民代表大会常务委员会", "全国人民代表大会
 #: Version notes written after a name: 《民事诉讼法（2021修正）》, 《公司法》(2018年修订).
 _VERSION_NOTE = re.compile(r"[（(]\s*\d{4}\s*年?\s*(?:修正|修订|修改)?\s*[)）]\s*$")
 _PART_NOTE = re.compile(r"[·•・].*$")
+_HAS_ARTICLE = re.compile(r"第[^《》〈〉]{1,12}条")
 
 
 def curated_aliases() -> dict[str, str]:
@@ -39,6 +40,8 @@ def short_forms(name: str) -> list[str]:
             forms += [rest, *(other + rest for other in _ISSUERS if other != issuer)]
     if name.startswith("关于") and name.endswith("的决定"):
         forms += [issuer + name for issuer in _ISSUERS]
+    # A name quoted inside a name is written 〈〉 inside 《》 too.
+    forms += [f.replace("《", "〈").replace("》", "〉") for f in forms if "《" in f]
     return forms
 
 
@@ -68,6 +71,8 @@ class LawNames:
         self.aliases = aliases
         self.longest = max((len(a) for a in aliases), default=0)
         self._longest_first = sorted((a for a in aliases if len(a) >= 3), key=len, reverse=True)
+        #: Names that hold an article reference themselves (关于《刑事诉讼法》第七十九条…的解释).
+        self.citing_names = [a for a in self._longest_first if _HAS_ARTICLE.search(a)]
 
     def resolve(self, raw: str) -> str | None:
         name = raw.strip().strip("《》〈〉<> ")
@@ -85,6 +90,16 @@ class LawNames:
             if candidate in self.aliases:
                 return self.aliases[candidate], end - length
         return None
+
+    def spans_of_citing_names(self, text: str) -> list[tuple[int, int]]:
+        """Where names that hold an article reference stand in `text` (to skip them)."""
+        spans = []
+        for alias in self.citing_names:
+            start = text.find(alias)
+            while start != -1:
+                spans.append((start, start + len(alias)))
+                start = text.find(alias, start + 1)
+        return spans
 
     def mentioned(self, text: str) -> list[str]:
         """Laws named anywhere in `text` (longest aliases first, no overlaps)."""

@@ -106,10 +106,6 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
-    def has_doc(self, content_hash: str) -> bool:
-        row = self.conn.execute("SELECT 1 FROM docs WHERE content_hash = ?", (content_hash,))
-        return row.fetchone() is not None
-
     def add_doc(
         self, source: str, title: str, kind: str, content_hash: str, chunks: Iterable[Chunk]
     ) -> int:
@@ -129,10 +125,33 @@ class Store:
         )  # fmt: skip
         return doc_id
 
+    def doc_hash(self, source: str) -> str | None:
+        """The content hash of the document read from `source`, if there is one."""
+        row = self.conn.execute("SELECT content_hash FROM docs WHERE source = ?", (source,))
+        found = row.fetchone()
+        return found[0] if found else None
+
+    def source_of(self, content_hash: str) -> str | None:
+        row = self.conn.execute("SELECT source FROM docs WHERE content_hash = ?", (content_hash,))
+        found = row.fetchone()
+        return found[0] if found else None
+
     def remove_source(self, source: str) -> int:
-        """Remove the documents read from `source`; how many."""
-        ids = [r[0] for r in self.conn.execute("SELECT id FROM docs WHERE source = ?", (source,))]
+        """Remove the documents read from `source` (or from under it, for a folder); how
+        many. Laws no longer backed by any article go too."""
+        under = source.rstrip("/") + "/"
+        ids = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT id FROM docs WHERE source = ? OR substr(source, 1, ?) = ?",
+                (source, len(under), under),
+            )
+        ]
         self.conn.executemany("DELETE FROM docs WHERE id = ?", ((i,) for i in ids))
+        self.conn.execute(
+            "DELETE FROM laws WHERE law_id NOT IN "
+            "(SELECT DISTINCT law_id FROM chunks WHERE law_id IS NOT NULL)"
+        )
         return len(ids)
 
     def add_laws(self, rows: Iterable[tuple[Any, ...]]) -> None:

@@ -70,10 +70,13 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
-def chunk_text(text: str, size: int = 300, overlap: int = 60) -> list[tuple[str, str]]:
+def chunk_text(
+    text: str, size: int = 300, overlap: int = 60, title: bool = False
+) -> list[tuple[str, str]]:
     """(heading, passage) pairs: passages of about `size` characters cut at sentence ends,
     each starting with up to `overlap` characters of the previous one's last sentences.
-    Markdown headings (`# ...`) and short title lines become the heading of what follows."""
+    Markdown headings (`# ...`) and short title lines become the heading of what follows;
+    with `title`, so does a document's first line when it names the document."""
     out: list[tuple[str, str]] = []
     heading = ""
     current: list[str] = []
@@ -90,11 +93,13 @@ def chunk_text(text: str, size: int = 300, overlap: int = 60) -> list[tuple[str,
                 tail.insert(0, sentence)
             current, length = tail, sum(map(len, tail))
 
+    first = title
     for line in text.replace("\r\n", "\n").split("\n"):
         stripped = line.strip()
         if not stripped:
             continue
-        if _is_heading(stripped):
+        title, first = first and is_title(stripped), False
+        if title or _is_heading(stripped):
             flush()
             current, length = [], 0
             heading = stripped.lstrip("#").strip()
@@ -106,7 +111,15 @@ def chunk_text(text: str, size: int = 300, overlap: int = 60) -> list[tuple[str,
             length += len(sentence)
     if current and (not out or "".join(current) not in out[-1][1]):
         out.append((heading, "".join(current)))
+    if not out and heading:  # a text that is only a title keeps it
+        out.append(("", heading))
     return out
+
+
+def is_title(line: str) -> bool:
+    """A document's first line that names it (短, no sentence punctuation): 案件办理流程规定."""
+    line = line.strip()
+    return 0 < len(line) <= 40 and not re.search(r"[。！？；，,.!?;:：、]", line)
 
 
 def _is_heading(line: str) -> bool:
