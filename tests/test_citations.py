@@ -105,6 +105,38 @@ def test_lists_ranges_paragraphs_and_carried_laws(kb: KnowledgeBase) -> None:
     assert extract("第五条规定了什么？", kb) == []
 
 
+def test_markup_typos_and_quoted_text_of_other_documents(kb: KnowledgeBase) -> None:
+    found = extract("法律依据:<span>《民法典》</span>第一千零六十四条夫妻双方共同签名……", kb)
+    assert [(c.law, c.article) for c in found] == [(CIVIL, 1064)]
+    assert extract("《民法典》第第五百八十六条", kb)[0].article == 586
+    # 本条例 inside the quoted text of a 条例 is that 条例: the next article still is.
+    text = "《某某管理条例》第三条按照本条例规定执行。第四条退休人员不再缴费。"
+    assert [(c.law_written, c.article, c.via) for c in extract(text, kb)] == [
+        ("某某管理条例", 3, "named"),
+        ("某某管理条例", 4, "carried"),
+    ]
+    # …but 本条例 after a law's article means some other document.
+    assert len(extract("《民法典》第三条按照本条例规定执行。第四条退休人员不再缴费。", kb)) == 1
+
+
+def test_quoted_text_is_compared_with_the_article(kb: KnowledgeBase) -> None:
+    penalty = kb.get("民法典", 585)[0].text
+    deposit = kb.get("民法典", 586)[0].text
+    verbatim = _one(kb, f"法律依据：《民法典》第五百八十六条{deposit}")
+    assert verbatim.verdict == "current" and verbatim.quote_overlap == 1.0
+    wrong = _one(kb, f"法律依据：《民法典》第五百八十六条{penalty}")
+    assert wrong.verdict == "misquoted" and "第五百八十五条" in wrong.detail
+    assert wrong.suggestions[0]["article"] == 585
+    # Text that explains rather than quotes is not judged as a quote.
+    explained = _one(kb, f"依据《民法典》第五百八十六条的规定，{penalty}")
+    assert explained.verdict == "current" and explained.quote_overlap is None
+    # A number carried to a law that lacks it: the quote names the law that has it.
+    carried = kb.verify(
+        f"《民事诉讼法》第六十六条证据包括当事人的陈述。第一千零六十四条{kb.get('民法典', 1064)[0].text}"
+    )[-1]
+    assert carried.verdict == "no_such_article" and carried.suggestions[0]["law"] == CIVIL
+
+
 def test_articles_zhi_n_have_their_own_identity(kb: KnowledgeBase, cli: Any) -> None:
     drunk = _one(kb, "《刑法》第一百三十三条之一")
     assert (drunk.article, drunk.sub, drunk.verdict) == (133, 1, "current")

@@ -46,7 +46,9 @@ _PART = re.compile(
 _BOOK = re.compile(r"《([^《》]{1,80})》\s*$")
 _SAME_LAW = ("本法", "该法", "同法", "此法")
 _SAME_RULES = re.compile(r"本(?:条例|规定|办法|细则|解释|决定|规则)\s*$")
-_OTHER_RULES = re.compile(r"本(?:条例|规定|办法|细则|解释|决定|规则)|《")
+_OWN_RULES = re.compile(r"本(条例|规定|办法|细则|解释|决定|规则|法)")
+#: Markup that answers copied from web pages carry: <span>《民法典》</span>第一千零六十四条.
+_TAG = re.compile(r"</?[a-zA-Z][^<>\n]{0,60}>")
 _LIST_GLUE = re.compile(r"^\s*(?:[、，,和及与或]|以及|或者|和第)\s*$")
 _CLAUSE_START = re.compile(r"(?:^|[。；;：:\n])\s*$")
 _TRIGGERS = ("依据", "根据", "依照", "按照", "违反", "参照", "适用", "援引", "对照")
@@ -79,6 +81,9 @@ class Citation:
     verdict: str = ""
     detail: str = ""
     article_text: str = ""
+    #: Share of the wording of the text after the citation found in the article, when that
+    #: text reads as a quote of it (see `kb.quotes`).
+    quote_overlap: float | None = None
     notes: list[str] = field(default_factory=list)
     suggestions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -109,6 +114,8 @@ def normalise(text: str) -> str:
     """Simplified characters and ASCII digits, with every character kept in place (offsets
     into the result are offsets into `text`)."""
     text = text.translate(_WIDTH)
+    if "<" in text:  # tags become spaces of the same length: offsets stay put
+        text = _TAG.sub(lambda m: " " * len(m.group()), text)
     converter = _converter()
     if converter is not None and not text.isascii():
         simplified = converter.convert(text)
@@ -191,6 +198,8 @@ def _law_of(
     """(law as written, law in the KB, where the citation starts, how) for the article
     reference at `at`; None when no law can be told."""
     head = text[:at].rstrip()
+    if head.endswith("第"):  # 《户口登记条例》第第五条: a doubled 第 is a typo, not a word
+        head = head[:-1].rstrip()
     part = _PART.search(head)
     if part:
         head = head[: part.start()].rstrip()
@@ -223,11 +232,19 @@ def _law_of(
         last is not None
         and at - last.end <= CARRY_CHARS
         and _CLAUSE_START.search(head)
-        and not _OTHER_RULES.search(text[last.end : at])
-        and not kb.laws.mentioned(text[last.end : at])
+        and _may_carry(text[last.end : at], last, kb)
     ):
         return last.law_written, last.law, at, "carried"
     return None
+
+
+def _may_carry(between: str, last: Citation, kb: KnowledgeBase) -> bool:
+    """Whether a sentence-opening 第N条 still speaks of the law cited before it: no other
+    title or law name in between, and 本条例/本规定… only where the cited law is one."""
+    if "《" in between or kb.laws.mentioned(between):
+        return False
+    written = (last.law_written or "").rstrip("》")
+    return all(written.endswith(kind) for kind in _OWN_RULES.findall(between))
 
 
 def _same_kind(head: str, law: str) -> bool:

@@ -16,6 +16,8 @@ laws.db) and checked against the statutes' own amendment acts and repeal clauses
 Verdicts (`verify` exits 0 only when every citation is `current`):
 - `current`: the cited article exists and its text is the one in force on the date asked
   (today by default). Notes say when it last changed, or that a coming revision changes it.
+- `misquoted`: the article is in force, but the text written after the citation is another
+  article's (typically the number an older version gave it; see `kb.quotes`).
 - `superseded`: the article exists, but the text in force is another: an amendment act
   changed it (the new text is given when the act quotes it), or it exists only in an older
   version of the law (with the nearest articles of the version in force as suggestions).
@@ -41,15 +43,21 @@ from domainlm.errors import DomainLMError
 from domainlm.kb.citations import Citation
 from domainlm.kb.history import ADDED, DELETED, is_deleted
 from domainlm.kb.numerals import article_label
+from domainlm.kb.quotes import overlap, quoted_after
 from domainlm.kb.store import MAX_ARTICLE, Chunk
 
 if TYPE_CHECKING:
     from domainlm.kb.base import KnowledgeBase
 
-CURRENT, SUPERSEDED, REPEALED, NOT_IN_FORCE, NO_ARTICLE, UNKNOWN_LAW = (
-    "current", "superseded", "repealed", "not_in_force", "no_such_article", "unknown_law",
+CURRENT, MISQUOTED, SUPERSEDED, REPEALED, NOT_IN_FORCE, NO_ARTICLE, UNKNOWN_LAW = (
+    "current", "misquoted", "superseded", "repealed", "not_in_force", "no_such_article",
+    "unknown_law",
 )  # fmt: skip
-VERDICTS = (CURRENT, SUPERSEDED, REPEALED, NOT_IN_FORCE, NO_ARTICLE, UNKNOWN_LAW)
+#: From good to bad (a range reports its worst).
+VERDICTS = (CURRENT, MISQUOTED, SUPERSEDED, REPEALED, NOT_IN_FORCE, NO_ARTICLE, UNKNOWN_LAW)
+#: A quote sharing less than this with the cited article is compared with other articles;
+#: one sharing at least `MATCHES` with another article is that article's.
+DIFFERS, MATCHES = 0.35, 0.7
 #: The longest range (第A条至第B条) judged article by article.
 MAX_RANGE = 300
 _ITEM = re.compile(r"^[（(][一二三四五六七八九十]+[)）]")
@@ -95,8 +103,9 @@ class Judge:
         self.repeals = {r["name"]: r for r in conn.execute("SELECT * FROM repeals")}
         self._acts: dict[str, list[sqlite3.Row]] = {}
 
-    def judge(self, citation: Citation, context: str = "") -> None:
-        """Set `citation`'s verdict, detail, article text, notes and suggestions."""
+    def judge(self, citation: Citation, context: str = "", quote: str = "") -> None:
+        """Set `citation`'s verdict, detail, article text, notes and suggestions; `context`
+        is the sentence it stands in, `quote` the text after it when that reads as a quote."""
         if citation.law is None:
             citation.verdict = UNKNOWN_LAW
             citation.detail = (
@@ -108,6 +117,52 @@ class Judge:
             self._judge_range(citation)
             return
         self._judge_one(citation, context)
+        if quote:
+            self._check_quote(citation, quote)
+
+    def _check_quote(self, c: Citation, quote: str) -> None:
+        """Compare the text after the citation with the article (and, when it differs, with
+        the law's other articles and versions)."""
+        label = article_label(c.article, c.sub)
+        if c.verdict in (CURRENT, SUPERSEDED) and c.article_text:
+            c.quote_overlap = round(overlap(quote, c.article_text), 2)
+            if c.quote_overlap >= DIFFERS:
+                return
+            best, score = self._best_match(quote, c.law)
+            if best is None or score < MATCHES:
+                c.notes.append(
+                    f"the text after the citation shares {c.quote_overlap:.0%} of its wording "
+                    f"with {label}"
+                )
+            elif (best.article_num, best.article_sub) != (c.article, c.sub):
+                self._set(
+                    c, MISQUOTED,
+                    f"the text after it is {best.article_no}'s ({score:.0%} of its wording"
+                    f"{_version_of(best)}), not {label}'s ({c.quote_overlap:.0%})",
+                )  # fmt: skip
+                c.suggestions = [_suggestion(best, "the text quoted after the citation")]
+            elif not best.is_current:
+                self._set(
+                    c, SUPERSEDED,
+                    f"the text after it is {label} as of the version of {best.version_date}; "
+                    "the text in force reads differently",
+                )  # fmt: skip
+        elif c.verdict == NO_ARTICLE and c.via == "carried":
+            best, score = self._best_match(quote, None)
+            if best is not None and score >= MATCHES and best.article_num == c.article:
+                c.detail += " (the law was carried over from the citation before it)"
+                c.suggestions = [_suggestion(best, "the text quoted after the citation")]
+
+    def _best_match(self, quote: str, law: str | None) -> tuple[Chunk | None, float]:
+        try:
+            hits = self.kb.search(quote[:200], k=5, law=law, current_only=False)
+        except DomainLMError:
+            return None, 0.0
+        scored = [(overlap(quote, hit.text), hit) for hit in hits if hit.law]
+        if not scored:
+            return None, 0.0
+        score, best = max(scored, key=lambda pair: pair[0])
+        return best, score
 
     # One article ---------------------------------------------------------------------------
 
@@ -412,17 +467,23 @@ class Judge:
             hits = self.kb.search(query, k=3, law=law)
         except DomainLMError:
             return
-        c.suggestions = [
-            {
-                "citation": hit.citation,
-                "law": hit.law,
-                "article": hit.article_num,
-                "sub": hit.article_sub,
-                "text": hit.text[:160],
-                "basis": f"suggestion by {basis}",
-            }
-            for hit in hits
-        ]
+        c.suggestions = [_suggestion(hit, basis) for hit in hits]
+
+
+def _suggestion(hit: Chunk, basis: str) -> dict[str, Any]:
+    return {
+        "citation": hit.citation,
+        "law": hit.law,
+        "article": hit.article_num,
+        "sub": hit.article_sub,
+        "status": hit.status,
+        "text": hit.text[:160],
+        "basis": f"suggestion by {basis}",
+    }
+
+
+def _version_of(chunk: Chunk) -> str:
+    return "" if chunk.is_current else f", version of {chunk.version_date}"
 
 
 def context_of(text: str, start: int, end: int) -> str:
@@ -479,21 +540,15 @@ def verify(
 
     judge = Judge(kb, on, suggest)
     citations = extract(text, kb)
+    starts = sorted({c.start for c in citations})
     for citation in citations:
-        judge.judge(citation, context_of(text, citation.start, citation.end))
+        later = [s for s in starts if s > citation.start]
+        quote = quoted_after(text, citation.end, later[0] if later else len(text))
+        if any(c.start == citation.start and c.end == citation.end and c is not citation
+               and citation.article < c.article for c in citations):  # fmt: skip
+            quote = ""  # 第586、587条 + text: the text is not 586's alone
+        judge.judge(citation, context_of(text, citation.start, citation.end), quote)
     return citations
-
-
-def describe(verdict: str) -> str:
-    """One line per verdict, for help texts."""
-    return {
-        CURRENT: "the text in force",
-        SUPERSEDED: "exists, but the text in force is another",
-        REPEALED: "the law or the article was repealed",
-        NOT_IN_FORCE: "passed, in force later",
-        NO_ARTICLE: "no such article",
-        UNKNOWN_LAW: "a law the knowledge base does not hold",
-    }[verdict]
 
 
 def summary(citations: list[Citation]) -> dict[str, Any]:
