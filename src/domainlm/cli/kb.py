@@ -234,9 +234,9 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check every statute citation in a text. Verdicts: current (the text in force),
-    superseded (exists, but the text in force is another), repealed, not_in_force,
-    no_such_article, unknown_law (a law the KB does not hold). Exit code 0 when every
-    citation is current, 1 otherwise."""
+    misquoted (the text after the citation is another article's), superseded (exists, but
+    the text in force is another), repealed, not_in_force, no_such_article, unknown_law (a
+    law the KB does not hold). Exit code 0 when every citation is current, 1 otherwise."""
     from domainlm.kb.verdicts import CURRENT, check_date, summary
 
     date = check_date(on) if on else None

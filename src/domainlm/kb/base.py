@@ -224,6 +224,7 @@ class KnowledgeBase:
         stats = self.store.stats()
         stats["built"] = self.manifest.get("built")
         stats["index_rows"] = len(self.index.rows)
+        stats["skipped"] = self.manifest.get("skipped", [])
         return stats
 
 
