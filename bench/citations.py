@@ -27,11 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from domainlm.kb.numerals import NUMERAL
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "citations.json"
 RUNS = 5
 #: Any article reference, with or without a law in front of it.
-REFERENCE = re.compile(r"第\s*[零〇一二两三四五六七八九十百千万\d]+\s*条")
+REFERENCE = re.compile(rf"第\s*{NUMERAL}\s*条")
 
 
 def peer_checker() -> Callable[[str], dict[str, Any]]:
@@ -133,7 +135,7 @@ def consultations(path: Path, kb: Any, peer: Callable[[str], dict[str, Any]]) ->
 def cn_number(citation: str) -> int | None:
     from domainlm.kb.numerals import parse_number
 
-    match = re.search(r"第\s*([零〇一二两三四五六七八九十百千万\d]+)\s*条", citation)
+    match = re.search(rf"第\s*({NUMERAL})\s*条", citation)
     return parse_number(match.group(1)) if match else None
 
 

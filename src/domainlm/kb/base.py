@@ -32,7 +32,7 @@ from domainlm.kb import history, verdicts
 from domainlm.kb.dense import DENSE_FILE, RERANK_DEPTH, Encoder, Reranker, embed_all, fuse
 from domainlm.kb.index import Bm25Index
 from domainlm.kb.laws import PREFIX, LawNames
-from domainlm.kb.numerals import article_label
+from domainlm.kb.numerals import NUMERAL, article_label
 from domainlm.kb.sources import (
     CHINA_LAW,
     Document,
@@ -50,7 +50,7 @@ MANIFEST = "kb.json"
 EXPANSION_WEIGHT = 0.5
 FORMAT = 2  # 2: articles 之N have their own identity; repeal and amendment tables
 MAX_QUERY_CHARS = 2000
-_REFERENCE = re.compile(r"第[零〇一二两三四五六七八九十百千万\d]+[条款项编章节]")
+_REFERENCE = re.compile(rf"第{NUMERAL}[条款项编章节]")
 
 Progress = Callable[[str, int, int], None]
 

@@ -23,12 +23,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from domainlm.kb.numerals import parse_number
+from domainlm.kb.numerals import NUMERAL, parse_number
 
 if TYPE_CHECKING:
     from domainlm.kb.base import KnowledgeBase
 
-_N = r"[零〇一二两三四五六七八九十百千万\d]+"
+_N = NUMERAL
 _LIST_SEP = r"\s*(?:、|，|,|和|及|与|或者|或)\s*"
 _RANGE_SEP = r"\s*(?:至|到|~|～|—|－|-)\s*"
 _ARTICLE = re.compile(

@@ -25,10 +25,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from domainlm.kb.numerals import parse_number
+from domainlm.kb.numerals import NUMERAL, parse_number
 from domainlm.kb.store import Store
 
-_NUM = r"[零〇一二两三四五六七八九十百千万\d]+"
+_NUM = NUMERAL
 _DATE = re.compile(r"(\d{4})\s*年\s*(\d{1,2})\s*月\s*(\d{1,2})\s*日")
 _TAKES_EFFECT = re.compile(r"自\s*(\d{4}\s*年\s*\d{1,2}\s*月\s*\d{1,2}\s*日|公布之日)\s*起施行")
 _REPEAL_WORDS = re.compile(r"(?:同时|予以|即行|一并)废止|起[^。；]{0,8}废止")

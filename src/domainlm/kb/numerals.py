@@ -8,8 +8,9 @@ _DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4,
            "七": 7, "八": 8, "九": 9}  # fmt: skip
 _UNITS = {"十": 10, "百": 100, "千": 1000, "万": 10000}
 _FULLWIDTH = str.maketrans("０１２３４５６７８９萬兩", "0123456789万两")
-_NUMERAL = r"[零〇一二两三四五六七八九十百千万\d]+"
-_ARTICLE_REF = re.compile(rf"^第?\s*({_NUMERAL})\s*条?\s*(?:(?:之|-)\s*({_NUMERAL}))?$")
+#: A statute number in Chinese numerals or digits (五百八十六, 586).
+NUMERAL = r"[零〇一二两三四五六七八九十百千万\d]+"
+_ARTICLE_REF = re.compile(rf"^第?\s*({NUMERAL})\s*条?\s*(?:(?:之|-)\s*({NUMERAL}))?$")
 
 
 def parse_number(text: str) -> int | None:
