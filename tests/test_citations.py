@@ -181,7 +181,9 @@ def test_verdicts_follow_amendments_versions_and_dates(kb: KnowledgeBase) -> Non
     assert any("第八条" in n for n in village.notes)
 
 
-def test_repealed_laws_are_known_from_the_statutes(kb: KnowledgeBase) -> None:
+def test_repealed_laws_are_known_from_the_statutes(kb: KnowledgeBase, cli: Any) -> None:
+    code, _, err = cli("kb", "get", str(kb.folder), "合同法", "114")
+    assert code == 2 and "repealed on 2021-01-01" in err
     contract = _one(
         kb, "约定的违约金过高的，当事人可以请求人民法院适当减少（《合同法》第一百一十四条）。"
     )

@@ -190,6 +190,8 @@ class KnowledgeBase:
             DomainLMError: for an unknown law or article.
         """
         name = self.laws.resolve(law)
+        if name in self.laws.repealed:  # known from a repeal clause, text not held
+            raise DomainLMError(self.judge_article(law, number, sub).detail)
         if name is None or name not in self.laws.names:
             raise DomainLMError(f"no law named {law!r} in this knowledge base")
         versions = self.store.articles(name, number, sub)
