@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from domainlm.engine.adapters import BASE, AdapterPool
 from domainlm.engine.generation import Generator, Request, Sampling
 from domainlm.errors import DomainLMError
+from domainlm.train.expert import read_card, write_card
 from tests.engine_helpers import make_expert, tiny_base
 
 
@@ -158,3 +162,67 @@ def test_adapters_on_embeddings_use_peft_path(tmp_path: Path) -> None:
     mixed = generator.run([Request(prompt, "emb", Sampling(max_new_tokens=4)), Request(prompt)])
     alone = generator.run([Request(prompt, "emb", Sampling(max_new_tokens=4))])
     assert mixed[0].text == alone[0].text
+
+
+def _broken_copy(expert: Path, name: str) -> Path:
+    """A copy of `expert` under `name` (its card renamed too), to break in one way."""
+    folder = expert.parent / name
+    shutil.copytree(expert, folder)
+    write_card(folder, read_card(expert).model_copy(update={"name": name}))
+    return folder
+
+
+def test_folders_that_are_not_experts_say_why(tmp_path: Path, cli: Any) -> None:
+    root = tmp_path / "experts"
+    good = make_expert(root, "good", seed=1)
+    half = _broken_copy(good, "half")  # what Ctrl-C during the samples used to leave
+    (half / "expert.yaml").unlink()
+    (half / "checkpoints").mkdir()
+    (root / "law.partial" / "checkpoints").mkdir(parents=True)  # a run not finished yet
+    (_broken_copy(good, "plain") / "expert.yaml").unlink()
+    (_broken_copy(good, "noconfig") / "adapter_config.json").unlink()
+    (_broken_copy(good, "badyaml") / "expert.yaml").write_text("name: [law\n")
+    (_broken_copy(good, "badcard") / "expert.yaml").write_text("name: law\n")
+    weights = _broken_copy(good, "cut") / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    bigger = _broken_copy(good, "bigger")  # loads before `good`: into the bare base
+    config = json.loads((bigger / "adapter_config.json").read_text())
+    (bigger / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
+    _broken_copy(good, "twin")
+    write_card(root / "twin", read_card(good))  # a second expert called "good"
+    (root / "notes").mkdir()
+    (root / ".cache").mkdir()
+    (root / "README.txt").write_text("not a folder")
+
+    pool = AdapterPool(tiny_base(), roots=[root])
+    skipped = pool.scan(root)
+    assert pool.names == [BASE, "good"]
+    resume = "to finish it: `domainlm train RECIPE --resume`"
+    expected = {
+        "half": f"{half}: not an expert: training did not finish (adapter files but no "
+        f"expert.yaml; {resume})",
+        "law": f"{root / 'law.partial'}: not an expert: the working folder of an unfinished "
+        f"training run of 'law' ({resume})",
+        "plain": "not an expert: adapter files but no expert.yaml",
+        "noconfig": "noconfig: not an expert: no adapter_config.json",
+        "badyaml": "badyaml/expert.yaml: unreadable expert card: ",
+        "badcard": "badcard/expert.yaml: invalid expert card: base: Field required",
+        "cut": "cut/adapter_model.safetensors: unreadable adapter weights: ",
+        "bigger": "bigger: cannot load the adapter: Error(s) in loading state_dict",
+        "twin": f"twin: expert 'good' is already loaded from {good}",
+        "notes": "notes: not an expert: no expert.yaml",
+    }
+    assert skipped.keys() == expected.keys()
+    for name, reason in expected.items():
+        assert reason in skipped[name] and "\n" not in skipped[name], skipped[name]
+    # The failed load of `bigger` left no layers behind (peft had added them to the base).
+    assert not [n for n, _ in pool.model.named_parameters() if ".bigger." in n]
+    with pytest.raises(DomainLMError, match=r"no expert 'half': .*training did not finish"):
+        pool.resolve("half")
+
+    # Pointed at one folder that is not an expert: an error, with the reason.
+    code, _, err = cli("ask", "定金？", "--model", "tiny", "--experts", half)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == f"error: {expected['half']}"
+    code, out, err = cli("ask", "定金？", "--model", "tiny", "--experts", good, "--expert", "good")
+    assert code == 0 and out.startswith("good (chosen)"), err

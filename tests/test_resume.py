@@ -1,5 +1,6 @@
 """Interruptions: SIGKILL then --resume gives the uninterrupted loss curve; Ctrl-C saves;
-two processes (DDP over gloo) share the data and make one expert."""
+Ctrl-C or SIGTERM during the end step leaves no expert and --resume finishes it; two
+processes (DDP over gloo) share the data and make one expert."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from domainlm.train.expert import read_card
 from domainlm.train.recipe import load_recipe
 from domainlm.train.trainer import train
-from tests.train_helpers import losses, write_recipe
+from tests.train_helpers import QA, losses, write_qa, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,11 +56,12 @@ def test_resume_after_sigkill_gives_the_same_loss_curve(tmp_path: Path) -> None:
     result = _run("-c", KILLED_RUN, str(overrides), "5")
     assert result.returncode == -signal.SIGKILL, result.stderr
     folder = tmp_path / "killed" / "law"
-    assert len(losses(folder)) == 5  # the 5th step's row was written before the kill
-    assert not (folder / "expert.yaml").exists()
+    work = tmp_path / "killed" / "law.partial"
+    assert len(losses(work)) == 5  # the 5th step's row was written before the kill
+    assert not folder.exists()  # no expert until it is complete
 
     resumed = train(load_recipe(overrides), resume=True)
-    assert resumed == folder
+    assert resumed == folder and not work.exists()
     assert losses(resumed) == pytest.approx(losses(straight), rel=1e-6)
     a = load_file(straight / "adapter_model.safetensors")
     b = load_file(resumed / "adapter_model.safetensors")
@@ -82,7 +86,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
         [sys.executable, "-m", "domainlm.cli.main", "train", str(path), "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    metrics = tmp_path / "experts" / "law" / "metrics.jsonl"
+    metrics = tmp_path / "experts" / "law.partial" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (
         not metrics.exists() or len(metrics.read_text().splitlines()) < 3
@@ -93,7 +97,93 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     assert process.returncode == 130, err
     assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
     steps = len(metrics.read_text().splitlines())
-    assert (tmp_path / "experts" / "law" / "checkpoints" / f"step-{steps:07d}").is_dir()
+    assert (tmp_path / "experts" / "law.partial" / "checkpoints" / f"step-{steps:07d}").is_dir()
+    assert not (tmp_path / "experts" / "law").exists()
+
+
+SIGNAL_IN_SAMPLES = """
+import os, signal, sys
+from domainlm.cli.main import main
+from domainlm.train import samples
+
+answer, sent = samples.generate, []
+
+def generate(*args, **kwargs):
+    if not sent:  # one signal, while the first before/after answer is written
+        sent.append(os.kill(os.getpid(), getattr(signal, sys.argv[2])))
+    return answer(*args, **kwargs)
+
+samples.generate = generate
+sys.exit(main(["train", sys.argv[1], *sys.argv[3:]]))
+"""
+
+
+def test_interrupted_end_step_leaves_no_expert_and_resume_finishes_it(
+    tmp_path: Path, cli: Any
+) -> None:
+    dev = write_qa(tmp_path / "dev.jsonl", QA[:3])
+    path = write_recipe(
+        tmp_path, eval={"dev": str(dev), "samples": 2}, optim={"max_steps": 2}, save_steps=2
+    )
+    experts = tmp_path / "experts"
+    expert, work = experts / "law", experts / "law.partial"
+
+    result = _run("-c", SIGNAL_IN_SAMPLES, str(path), "SIGINT")
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "interrupted at the end of training (step 2" in result.stderr
+    assert "--resume" in result.stderr and "Traceback" not in result.stderr
+    assert not expert.exists()  # no half-written expert
+    assert (work / "checkpoints" / "step-0000002").is_dir()
+    trained = losses(work)
+
+    code, _, err = cli("ask", "定金？", "--model", "tiny", "--experts", experts, "--expert", "law")
+    assert code == 2 and "Traceback" not in err
+    reason = f"{work}: not an expert: the working folder of an unfinished training run of 'law'"
+    assert f"warning: {reason}" in err and f"error: no expert 'law': {reason}" in err
+    assert "domainlm train RECIPE --resume" in err
+
+    # SIGTERM while --resume writes the samples: still no expert, and no step trained.
+    result = _run("-c", SIGNAL_IN_SAMPLES, str(path), "SIGTERM", "--resume")
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "training done (step-0000002): finishing the expert" in result.stderr
+    assert "interrupted at the end of training" in result.stderr
+    assert not expert.exists() and losses(work) == trained
+
+    steps: list[int] = []
+    finished = train(load_recipe(path), resume=True, on_step=lambda step, _: steps.append(step))
+    assert finished == expert and not work.exists()
+    assert steps == []  # the end step only: no training again
+    assert losses(expert) == trained
+    card = read_card(expert)
+    assert card.metrics["steps"] == 2 and [s["prompt"] for s in card.samples] == [
+        q for q, _ in QA[:2]
+    ]
+    for name in ("adapter_config.json", "adapter_model.safetensors", "loss.png"):
+        assert (expert / name).is_file(), name
+
+
+def test_resume_finishes_an_expert_an_earlier_version_left_without_its_card(
+    tmp_path: Path, cli: Any
+) -> None:
+    path = write_recipe(tmp_path, optim={"max_steps": 2}, save_steps=2)
+    expert = train(load_recipe(path))
+    (expert / "expert.yaml").unlink()  # what Ctrl-C during the samples used to leave
+    experts = expert.parent
+
+    code, _, err = cli("ask", "定金？", "--model", "tiny", "--experts", experts, "--expert", "law")
+    reason = (
+        f"{expert}: not an expert: training did not finish (adapter files but no expert.yaml; "
+        "to finish it: `domainlm train RECIPE --resume`)"
+    )
+    assert code == 2 and f"warning: {reason}" in err and f"no expert 'law': {reason}" in err
+    code, _, err = cli("train", path)
+    assert code == 2 and f"{expert}: holds an unfinished run: pass --resume" in err
+
+    code, out, err = cli("train", path, "--resume")
+    assert code == 0, err
+    assert f"moved the unfinished run in {expert}" in err and "training done" in err
+    assert out.strip() == str(expert) and not (experts / "law.partial").exists()
+    assert read_card(expert).metrics["steps"] == 2 and len(losses(expert)) == 2
 
 
 DDP_RUN = """

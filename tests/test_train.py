@@ -27,15 +27,27 @@ def _logits(model: Any, ids: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([ids])).logits[0].float()
 
 
-def test_six_step_run_writes_a_complete_expert(tmp_path: Path, cli: Any, tokenizer: Any) -> None:
+def test_six_step_run_writes_a_complete_expert(
+    tmp_path: Path, cli: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dev = write_qa(tmp_path / "dev.jsonl", QA[:3])
     recipe = write_recipe(
         tmp_path, eval={"dev": str(dev), "eval_steps": 2, "samples": 2}, description="law Q&A"
     )
+    expert = tmp_path / "experts" / "law"
+    seen_during_samples = []
+
+    def watched(*args: Any) -> str:
+        seen_during_samples.append(expert.exists())
+        return generate(*args)
+
+    monkeypatch.setattr("domainlm.train.samples.generate", watched)
     code, out, err = cli("train", recipe)
     assert code == 0, err
-    expert = tmp_path / "experts" / "law"
     assert out.strip() == str(expert)
+    # The expert appears whole at the end, never while its samples are being written.
+    assert seen_during_samples == [False] * 4
+    assert not (tmp_path / "experts" / "law.partial").exists()
     assert {p.name for p in expert.iterdir()} == {
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -192,6 +204,7 @@ def test_user_mistakes_get_one_line_errors(tmp_path: Path, cli: Any) -> None:
     assert "not found" in _cli_error(cli, "train", recipe, "base.path=/no/such/model")
     assert "optim.lr" in _cli_error(cli, "train", recipe, "optim.lr=-1")
     assert "lora.target_modules" in _cli_error(cli, "train", recipe, "lora.target_modules=[nope]")
+    assert "must not end in .partial" in _cli_error(cli, "train", recipe, "name=law.partial")
     assert cli("train", recipe, "-q")[0] == 0
     assert "already holds" in _cli_error(cli, "train", recipe)
     assert "not an expert" in _cli_error(cli, "export", tmp_path, "--merge", tmp_path / "m")

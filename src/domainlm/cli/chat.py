@@ -42,7 +42,10 @@ def _assistant(
 
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
     with err.status(f"loading {model} …"):
-        return build_assistant(model, experts, kb, tools, chat_format, sampling=sampling)
+        assistant = build_assistant(model, experts, kb, tools, chat_format, sampling=sampling)
+    for reason in assistant.pool.skipped.values():
+        err.print(f"warning: {reason}", markup=False, highlight=False, soft_wrap=True)
+    return assistant
 
 
 def print_reply(reply: Reply, text: bool = True) -> None:
@@ -145,10 +148,11 @@ def _command(line: str, assistant: Assistant, session: Session, state: dict[str,
         session.articles.clear()
         out.print("cleared", markup=False)
     elif word == "/expert":
-        if argument not in ("auto", *assistant.pool.names):
-            err.print(
-                f"no expert {argument!r}; loaded: {', '.join(assistant.pool.names)}", markup=False
-            )
+        try:
+            if argument != "auto":
+                assistant.pool.resolve(argument)
+        except DomainLMError as exc:
+            err.print(f"{exc}", markup=False, highlight=False)
         else:
             session.expert = argument
             out.print(f"expert: {argument}", markup=False)

@@ -148,10 +148,12 @@ def _train_expert(output: Path) -> Path:
     import shutil
 
     from domainlm.cli.console import err
+    from domainlm.train.expert import partial_folder
     from domainlm.train.recipe import Recipe
     from domainlm.train.trainer import train
 
     shutil.rmtree(output / "experts" / "demo", ignore_errors=True)
+    shutil.rmtree(partial_folder(output / "experts" / "demo"), ignore_errors=True)
     recipe = Recipe.model_validate(
         {
             "name": "demo",

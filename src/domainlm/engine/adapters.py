@@ -3,7 +3,9 @@
 Experts are loaded once with peft (`load_adapter`), kept up to `max_loaded` with
 least-recently-used eviction, and used per row of a batch through peft's `adapter_names`
 (`"base"` rows run without an adapter). Only folders under the configured roots load, and
-an expert trained on another base (weights fingerprint in its card) is refused.
+an expert trained on another base (weights fingerprint in its card) is refused. A folder
+that is not an expert is refused with the reason (an unfinished run, no card, no adapter);
+`scan` loads a whole folder of experts and keeps the reasons for the ones it skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from typing import Any
 
 from domainlm.errors import DomainLMError
 from domainlm.models.base import BaseModel
-from domainlm.train.expert import ADAPTER_FILES, ExpertCard, read_card
+from domainlm.train.expert import (
+    ADAPTER_FILES,
+    CARD_FILE,
+    METRICS_FILE,
+    PARTIAL_SUFFIX,
+    ExpertCard,
+    check_expert,
+)
 
 BASE = "base"
 #: peft's name for "no adapter" in a mixed batch.
@@ -33,6 +42,8 @@ class AdapterPool:
         self.max_loaded = max_loaded
         self.cards: OrderedDict[str, ExpertCard] = OrderedDict()  # LRU order, oldest first
         self.folders: dict[str, Path] = {}
+        #: Why each folder `scan` passed over is not loaded, by the name it would have.
+        self.skipped: dict[str, str] = {}
         self.model: Any = base.model
         self._lock = threading.RLock()
         self._multi: Any = None  # MultiLora over the loaded experts, rebuilt when they change
@@ -42,21 +53,43 @@ class AdapterPool:
     def names(self) -> list[str]:
         return [BASE, *self.cards]
 
+    def scan(self, root: Path) -> dict[str, str]:
+        """Load every expert in the folder `root`, or `root` itself when it is an expert
+        folder; returns (and keeps in `skipped`) why each other sub-folder is not loaded.
+
+        Raises:
+            DomainLMError: `root` is missing, or is an expert folder that does not load.
+        """
+        if not root.is_dir():
+            raise DomainLMError(f"{root}: no such experts folder")
+        if _expert_like(root):
+            self.add(root)
+            return {}
+        skipped = {}
+        for folder in sorted(root.iterdir()):
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            try:
+                self.add(folder)
+            except DomainLMError as exc:
+                skipped[folder.name.removesuffix(PARTIAL_SUFFIX)] = str(exc)
+        self.skipped.update(skipped)
+        return skipped
+
     def add(self, folder: str | Path, name: str | None = None) -> ExpertCard:
         """Load the expert in `folder` (named by its card unless `name` is given).
 
         Raises:
-            DomainLMError: outside the roots, incomplete, or trained on another base.
+            DomainLMError: outside the roots, not a complete expert (the message says
+                why), trained on another base, or its name is taken by another folder.
         """
-        folder = Path(folder).resolve()
+        shown = Path(folder)  # messages name the folder as the caller did
+        folder = shown.resolve()
         if self.roots and not any(folder.is_relative_to(root) for root in self.roots):
             raise DomainLMError(
                 f"{folder}: experts load only from {', '.join(map(str, self.roots))}"
             )
-        card = read_card(folder)
-        missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
-        if missing:
-            raise DomainLMError(f"{folder}: not a complete expert (missing {', '.join(missing)})")
+        card = check_expert(shown)
         if card.base.content_hash != self.base.content_hash:
             raise DomainLMError(
                 f"expert {card.name} was trained on another base model "
@@ -67,12 +100,16 @@ class AdapterPool:
         if name == BASE:
             raise DomainLMError(f"{BASE!r} is reserved for the base model")
         with self._lock:
+            if name in self.cards and self.folders[name] != folder:
+                raise DomainLMError(
+                    f"{shown}: expert {name!r} is already loaded from {self.folders[name]}"
+                )
             if name in self.cards:
                 self.cards.move_to_end(name)
                 return self.cards[name]
             while len(self.cards) >= self.max_loaded:
                 self._evict(next(iter(self.cards)))
-            self._load(folder, name)
+            self._load(shown, name)
             self.cards[name] = card
             self.folders[name] = folder
             self._stale = True
@@ -81,11 +118,37 @@ class AdapterPool:
     def _load(self, folder: Path, name: str) -> None:
         from peft import PeftModel
 
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(str(folder), adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.base.model, str(folder), adapter_name=name)
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(folder), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(
+                    self.base.model, str(folder), adapter_name=name
+                )
+        except Exception as exc:  # peft, torch and safetensors raise many kinds here
+            self._undo(name)
+            reason = " ".join(str(exc).split())  # torch lists every mismatch over many lines
+            reason = reason if len(reason) <= 300 else reason[:300] + " …"
+            raise DomainLMError(f"{folder}: cannot load the adapter: {reason}") from None
         self.model.eval()
+
+    def _undo(self, name: str) -> None:
+        """Take out what a failed load of adapter `name` left in the model."""
+        from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if isinstance(self.model, PeftModel):
+            if name in self.model.peft_config:
+                self.model.delete_adapter(name)
+            return
+        # The first adapter: peft put LoRA layers into the base itself before failing.
+        base = self.base.model
+        for path, module in list(base.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent, _, child = path.rpartition(".")
+                setattr(base.get_submodule(parent), child, module.get_base_layer())
+        if hasattr(base, "peft_config"):
+            del base.peft_config
 
     def _evict(self, name: str) -> None:
         self.model.delete_adapter(name)
@@ -104,6 +167,8 @@ class AdapterPool:
         if name in (None, BASE):
             return BASE
         with self._lock:
+            if name not in self.cards and name in self.skipped:
+                raise DomainLMError(f"no expert {name!r}: {self.skipped[name]}")
             if name not in self.cards:
                 raise DomainLMError(f"no expert {name!r} (loaded: {', '.join(self.names)})")
             self.cards.move_to_end(name)
@@ -148,3 +213,9 @@ class AdapterPool:
 
     def card(self, name: str) -> ExpertCard | None:
         return self.cards.get(name)
+
+
+def _expert_like(folder: Path) -> bool:
+    """Whether `folder` is (or was meant to be) one expert rather than a folder of them."""
+    markers = (CARD_FILE, METRICS_FILE, "checkpoints", *ADAPTER_FILES)
+    return folder.name.endswith(PARTIAL_SUFFIX) or any((folder / m).exists() for m in markers)

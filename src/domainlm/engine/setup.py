@@ -13,7 +13,6 @@ from domainlm.engine.assistant import Assistant
 from domainlm.engine.generation import Sampling
 from domainlm.errors import DomainLMError
 from domainlm.models.base import load_base
-from domainlm.train.expert import CARD_FILE
 
 TOOLSETS = ("finance", "code")
 
@@ -53,10 +52,13 @@ def build_assistant(
     trust_remote_code: bool = False,
     sampling: Sampling | None = None,
 ) -> Assistant:
-    """An Assistant over `model` with every expert under `experts` loaded.
+    """An Assistant over `model` with every expert under `experts` loaded (or `experts`
+    itself when it is an expert folder); why other folders there were passed over is in
+    `assistant.pool.skipped`.
 
     Raises:
-        DomainLMError: for a missing model, KB or expert folder.
+        DomainLMError: for a missing model, KB or experts folder, or an `experts` that is
+            an expert folder but does not load.
     """
     device, dtype = device_dtype()
     base = load_base(model, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -67,10 +69,7 @@ def build_assistant(
         base.tokenizer.pad_token = base.tokenizer.eos_token
     pool = AdapterPool(base, roots=[experts] if experts else None)
     if experts is not None:
-        if not experts.is_dir():
-            raise DomainLMError(f"{experts}: no such experts folder")
-        for card in sorted(experts.glob(f"*/{CARD_FILE}")):
-            pool.add(card.parent)
+        pool.scan(experts)  # folders that are not experts: reasons in pool.skipped
     knowledge = None
     if kb is not None:
         from domainlm.kb.base import KnowledgeBase

@@ -3,12 +3,14 @@ few plus the best by eval loss.
 
 A checkpoint is a folder `step-0000200/` holding the adapter (peft's own files) and
 `trainer_state.pt` (optimizer, scheduler, RNG states, counters). It is assembled under a
-temporary name and renamed into place, so a run killed mid-save leaves the previous
-checkpoint intact and never a half-written one.
+temporary name and renamed into place (`publish_folder`, which the finished expert goes
+through too), so a run killed mid-save leaves the previous checkpoint intact and never a
+half-written one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -50,13 +52,38 @@ def save_checkpoint(
     staging.mkdir(parents=True)
     peft_model.save_pretrained(staging, state_dict=adapter_state)
     torch.save(state, staging / STATE_FILE)
-    for path in staging.iterdir():
-        with path.open("rb") as handle:
-            os.fsync(handle.fileno())
     if final.exists():
         shutil.rmtree(final)
-    os.replace(staging, final)
+    publish_folder(staging, final)
     return final
+
+
+def publish_folder(staging: Path, final: Path) -> None:
+    """Make the folder `staging` appear as `final` in one rename, its files on disk first.
+
+    Before the rename `final` is as it was; after it, complete. Files in sub-folders are
+    not synced again (checkpoints were when they were written).
+
+    Raises:
+        OSError: if `final` exists and is not empty (nothing is replaced here).
+    """
+    for path in staging.iterdir():
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_folder(staging)
+    os.replace(staging, final)
+    _fsync_folder(final.parent)  # the rename itself
+
+
+def _fsync_folder(path: Path) -> None:
+    # Folders cannot be opened for syncing everywhere (Windows); the rename still happened.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def checkpoints(folder: Path) -> list[tuple[int, Path]]:

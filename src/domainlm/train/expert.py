@@ -1,4 +1,4 @@
-"""The expert directory a training run produces, and its card.
+"""The expert directory a training run produces, its card, and why a folder is not one.
 
 ```
 EXPERT/
@@ -8,6 +8,10 @@ EXPERT/
   loss.png             training and eval loss against step
   checkpoints/         resumable training state (latest few and the best)
 ```
+
+Until training and its end step (before/after samples, card) are done, the run works in
+`EXPERT.partial/`; that folder is renamed to `EXPERT/` once complete, so an expert folder
+is whole or absent.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ CARD_FILE = "expert.yaml"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+#: `EXPERT.partial`: where the run making EXPERT works until the expert is complete.
+PARTIAL_SUFFIX = ".partial"
+RESUME_HINT = "to finish it: `domainlm train RECIPE --resume`"
 
 
 class BaseRef(BaseModel):
@@ -77,16 +84,85 @@ def read_card(folder: Path) -> ExpertCard:
     """The card of the expert in `folder`.
 
     Raises:
-        DomainLMError: if the folder is not an expert or its card is invalid.
+        DomainLMError: if the folder has no card or its card is unreadable or invalid.
     """
     path = folder / CARD_FILE
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return ExpertCard.model_validate(data)
     except FileNotFoundError:
         raise DomainLMError(f"{folder}: not an expert (no {CARD_FILE})") from None
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise DomainLMError(f"{path}: invalid expert card: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        where = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark else ""
+        raise DomainLMError(f"{path}: unreadable expert card: {exc.problem}{where}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())
+        raise DomainLMError(f"{path}: unreadable expert card: {reason}") from None
+    try:
+        return ExpertCard.model_validate(data)
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'card'}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        raise DomainLMError(f"{path}: invalid expert card: {fields}") from None
+
+
+def partial_folder(expert: Path) -> Path:
+    """Where the run making `expert` keeps its checkpoints and metrics until it is done."""
+    return expert.with_name(expert.name + PARTIAL_SUFFIX)
+
+
+def check_expert(folder: Path) -> ExpertCard:
+    """The card of the complete expert in `folder`.
+
+    Raises:
+        DomainLMError: one line saying why `folder` is not an expert (an unfinished run,
+            no card, an unreadable card, missing adapter files).
+    """
+    if not folder.is_dir():
+        raise DomainLMError(f"{folder}: no such expert folder")
+    if folder.name.endswith(PARTIAL_SUFFIX):
+        name = folder.name.removesuffix(PARTIAL_SUFFIX)
+        raise DomainLMError(
+            f"{folder}: not an expert: the working folder of an unfinished training run "
+            f"of {name!r} ({RESUME_HINT})"
+        )
+    if not (folder / CARD_FILE).is_file():
+        raise DomainLMError(f"{folder}: not an expert: {_why_no_card(folder)}")
+    card = read_card(folder)
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DomainLMError(f"{folder}: not an expert: no {' and no '.join(missing)}")
+    try:
+        config = json.loads((folder / ADAPTER_FILES[0]).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DomainLMError(f"{folder / ADAPTER_FILES[0]}: unreadable: {exc}") from None
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise DomainLMError(f"{folder / ADAPTER_FILES[0]}: not a peft adapter config")
+    _check_weights(folder / ADAPTER_FILES[1])
+    return card
+
+
+def _check_weights(path: Path) -> None:
+    """Read the safetensors header, which also checks the file is as long as it says."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt"):
+            pass
+    except Exception as exc:  # safetensors raises its own (Rust) error type, or OSError
+        raise DomainLMError(f"{path}: unreadable adapter weights: {exc}") from None
+
+
+def _why_no_card(folder: Path) -> str:
+    adapter = all((folder / name).is_file() for name in ADAPTER_FILES)
+    checkpoints = (folder / "checkpoints").is_dir()
+    if checkpoints or (folder / METRICS_FILE).is_file():
+        # A run from before experts were written whole, stopped before its card.
+        found = "adapter files" if adapter else "checkpoints" if checkpoints else "metrics"
+        return f"training did not finish ({found} but no {CARD_FILE}; {RESUME_HINT})"
+    if adapter:
+        return f"adapter files but no {CARD_FILE} (experts are made by `domainlm train`)"
+    return f"no {CARD_FILE}"
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

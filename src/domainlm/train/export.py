@@ -10,7 +10,7 @@ from pathlib import Path
 
 from domainlm.errors import DomainLMError
 from domainlm.models.base import load_base
-from domainlm.train.expert import ADAPTER_FILES, read_card
+from domainlm.train.expert import check_expert
 
 
 def merge_expert(expert: Path, out: Path, base_path: str | None = None) -> Path:
@@ -23,10 +23,7 @@ def merge_expert(expert: Path, out: Path, base_path: str | None = None) -> Path:
         DomainLMError: if the expert is incomplete, the base is missing or is not the
             model the expert was trained on (content hash differs), or `out` exists.
     """
-    card = read_card(expert)
-    missing = [name for name in ADAPTER_FILES if not (expert / name).is_file()]
-    if missing:
-        raise DomainLMError(f"{expert}: not a complete expert (missing {', '.join(missing)})")
+    card = check_expert(expert)
     if out.exists():
         raise DomainLMError(f"{out}: already exists (choose a new folder)")
     base = load_base(base_path or card.base.model, trust_remote_code=False)

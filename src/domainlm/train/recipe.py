@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from domainlm.errors import DomainLMError
+from domainlm.train.expert import PARTIAL_SUFFIX
 
 
 class _Section(BaseModel):
@@ -122,6 +130,13 @@ class Recipe(_Section):
     system_prompt: str | None = Field(
         None, description="System prompt for conversations without one."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_work_folder(cls, name: str) -> str:
+        if name.endswith(PARTIAL_SUFFIX):
+            raise ValueError(f"must not end in {PARTIAL_SUFFIX} (an unfinished run's folder)")
+        return name
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

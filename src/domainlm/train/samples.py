@@ -6,6 +6,7 @@ question to the model with the adapter off and on, side by side.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,15 +46,25 @@ def generate(model: Any, chat_format: Any, prompt: Conversation, device: Any) ->
     return chat_format.cut_at_stop(text).strip()
 
 
-def before_after(run: Run, console: Console) -> list[dict[str, str]]:
-    """Answers of base and expert to the first `eval.samples` dev prompts, printed as a table."""
+def before_after(
+    run: Run, console: Console, stop: Callable[[], bool] | None = None
+) -> list[dict[str, str]]:
+    """Answers of base and expert to the first `eval.samples` dev prompts, printed as a table.
+
+    `stop` is asked before each prompt; when it says so, the rows so far are returned.
+    """
     model = run.accelerator.unwrap_model(run.loss_model).model
     device = run.accelerator.device
     rows = []
     was_training = model.training
     model.eval()
     prompts = [p for p in map(_prompt, run.dev_conversations) if p is not None]
-    for prompt in prompts[: run.recipe.eval.samples]:
+    prompts = prompts[: run.recipe.eval.samples]
+    if prompts:
+        console.print(f"before/after samples: {len(prompts)} dev prompts …")
+    for prompt in prompts:
+        if stop is not None and stop():
+            break
         with run.accelerator.autocast(), model.disable_adapter():
             before = generate(model, run.chat_format, prompt, device)
         with run.accelerator.autocast():
@@ -61,7 +72,7 @@ def before_after(run: Run, console: Console) -> list[dict[str, str]]:
         question = prompt.messages[-1].content or ""
         rows.append({"prompt": question, "base": before, "expert": after})
     model.train(was_training)
-    if rows:
+    if rows and len(rows) == len(prompts):
         table = Table(title="before / after", show_lines=True)
         for column in ("prompt", "base", "expert"):
             table.add_column(column, overflow="fold")

@@ -3,8 +3,12 @@
 Top to bottom: pick precision and threads, load the base and attach LoRA, tokenize the
 datasets into a deterministic batch plan, then step: accumulate micro-batches (loss summed
 per token, scaled once per step by `loss.step_scale`), clip, step the optimizer, log a
-metrics row, evaluate and checkpoint when due. At the end the expert directory gets the
-adapter (the best by eval loss when there is a dev set), its card, metrics and loss plot.
+metrics row, evaluate and checkpoint when due. The run works in `NAME.partial/` (metrics,
+checkpoints); its end step answers a few dev prompts before/after, adds the adapter (the best
+by eval loss when there is a dev set), card and loss plot, and renames the folder to
+`NAME/`, so an expert appears whole or not at all. Ctrl-C / SIGTERM stops a step or the end
+step after saving; `--resume` continues from there, without training again when only the
+end step was left.
 
 Runs unchanged under `accelerate launch` / `torchrun` (DDP, FSDP, DeepSpeed): accelerate
 wraps the loss model, every process builds the same plan and takes its share of each
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +45,7 @@ from domainlm.train.expert import (
     BaseRef,
     DatasetRef,
     ExpertCard,
+    partial_folder,
     plot_loss,
     read_metrics,
     truncate_metrics,
@@ -66,7 +73,7 @@ KEEP_CHECKPOINTS = 2
 
 
 class Interrupted(DomainLMError):
-    """Training stopped by Ctrl-C/SIGTERM after saving a checkpoint."""
+    """Training or its end step stopped by Ctrl-C/SIGTERM after saving a checkpoint."""
 
 
 @dataclass
@@ -89,7 +96,8 @@ class Run:
     """Everything one training run holds."""
 
     recipe: Recipe
-    folder: Path
+    expert: Path  # where the finished expert appears
+    work: Path  # where the run keeps its files until then (EXPERT.partial)
     accelerator: Any
     base: Any
     chat_format: ChatFormat
@@ -106,7 +114,7 @@ class Run:
 
     @property
     def checkpoints(self) -> Path:
-        return self.folder / "checkpoints"
+        return self.work / "checkpoints"
 
     @property
     def main(self) -> bool:
@@ -123,33 +131,43 @@ def train(
 
     Raises:
         DomainLMError: for bad recipes, data or output folders; `Interrupted` after
-            Ctrl-C (a checkpoint is saved first).
+            Ctrl-C/SIGTERM (a checkpoint is saved first).
     """
     console = console or Console(stderr=True, quiet=True)
-    folder = recipe.output_dir / recipe.name
-    if resume and (folder / CARD_FILE).is_file():
-        console.print(f"{recipe.name}: already trained ({folder})")
-        return folder
-    _check_fresh(folder, resume)
-    run = _prepare(recipe, folder, resume, console)
-    with _stop_requests() as stop:
+    expert = recipe.output_dir / recipe.name
+    if resume and (expert / CARD_FILE).is_file():
+        console.print(f"{recipe.name}: already trained ({expert})")
+        return expert
+    adopt = _check_output(expert, resume)
+    run = _prepare(recipe, expert, resume, adopt, console)
+    with _stop_requests(run.accelerator.device) as stop:
         _loop(run, stop, console, on_step)
-    _finish(run, console)
-    return folder
+        _finish(run, stop, console)
+    return expert
 
 
-def _check_fresh(folder: Path, resume: bool) -> None:
-    if resume:
-        return
-    if (folder / CARD_FILE).is_file():
-        raise DomainLMError(f"{folder}: already holds a trained expert (pick another name)")
-    if ckpt.checkpoints(folder / "checkpoints"):
+def _check_output(expert: Path, resume: bool) -> bool:
+    """Refuse to overwrite anything. True when `expert` holds an unfinished run of an
+    earlier version (working files in the expert folder), which --resume moves to
+    EXPERT.partial and finishes."""
+    work = partial_folder(expert)
+    if (expert / CARD_FILE).is_file():
+        raise DomainLMError(f"{expert}: already holds a trained expert (pick another name)")
+    old_run = (expert / "checkpoints").is_dir() or (expert / METRICS_FILE).is_file()
+    if old_run and work.exists():
+        raise DomainLMError(f"{expert} and {work} both hold an unfinished run: remove one")
+    empty = expert.is_dir() and not any(expert.iterdir())
+    if expert.exists() and not (old_run or empty):
         raise DomainLMError(
-            f"{folder}: holds checkpoints of an unfinished run: pass --resume to continue it"
+            f"{expert}: exists and is not an expert: remove it or pick another name"
         )
+    if not resume and (old_run or ckpt.checkpoints(work / "checkpoints")):
+        where = expert if old_run else work
+        raise DomainLMError(f"{where}: holds an unfinished run: pass --resume to continue it")
+    return old_run
 
 
-def _prepare(recipe: Recipe, folder: Path, resume: bool, console: Console) -> Run:
+def _prepare(recipe: Recipe, expert: Path, resume: bool, adopt: bool, console: Console) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -181,28 +199,32 @@ def _prepare(recipe: Recipe, folder: Path, resume: bool, console: Console) -> Ru
     optimizer, scheduler = make_optimizer(model, optim, total)
     dev = eval_batches(dev_examples, optim.batch_size, optim.max_seq_len, plan.pad_id)
     run = Run(
-        recipe, folder, accelerator, base, chat_format, model, plan, batches_per_epoch, dev,
-        dev_conversations, total, optimizer, scheduler,
+        recipe, expert, partial_folder(expert), accelerator, base, chat_format, model, plan,
+        batches_per_epoch, dev, dev_conversations, total, optimizer, scheduler,
     )  # fmt: skip
     if resume:
-        _restore(run, console)
+        _restore(run, adopt, console)
     elif run.main:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / METRICS_FILE).write_text("", encoding="utf-8")
+        run.work.mkdir(parents=True, exist_ok=True)
+        (run.work / METRICS_FILE).write_text("", encoding="utf-8")
     run.loss_model, run.optimizer = accelerator.prepare(LossModel(model), optimizer)
     return run
 
 
-def _restore(run: Run, console: Console) -> None:
+def _restore(run: Run, adopt: bool, console: Console) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    if adopt and run.main:
+        os.replace(run.expert, run.work)
+        console.print(f"moved the unfinished run in {run.expert} to {run.work}")
+    run.accelerator.wait_for_everyone()
     latest = ckpt.latest_checkpoint(run.checkpoints)
     if latest is None:
         console.print("no checkpoint yet: starting from step 0")
         if run.main:
-            run.folder.mkdir(parents=True, exist_ok=True)
-            (run.folder / METRICS_FILE).write_text("", encoding="utf-8")
+            run.work.mkdir(parents=True, exist_ok=True)
+            (run.work / METRICS_FILE).write_text("", encoding="utf-8")
         return
     saved = ckpt.load_state(latest)
     recipe_now = run.recipe.model_dump(mode="json")
@@ -218,8 +240,11 @@ def _restore(run: Run, console: Console) -> None:
     run.state = RunState(**saved["state"])
     ckpt.set_rng_state(saved["rng"])
     if run.main:
-        truncate_metrics(run.folder / METRICS_FILE, run.state.step)
-    console.print(f"resuming from {latest.name} (step {run.state.step} of {run.total_steps})")
+        truncate_metrics(run.work / METRICS_FILE, run.state.step)
+    if run.state.step < run.total_steps:
+        console.print(f"resuming from {latest.name} (step {run.state.step} of {run.total_steps})")
+    else:
+        console.print(f"training done ({latest.name}): finishing the expert")
 
 
 def _loop(
@@ -339,7 +364,7 @@ def _maybe_evaluate(run: Run, row: dict[str, Any]) -> bool:
 
 def _write_metrics(run: Run, row: dict[str, Any]) -> None:
     if run.main:
-        with (run.folder / METRICS_FILE).open("a", encoding="utf-8") as handle:
+        with (run.work / METRICS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
 
@@ -364,21 +389,34 @@ def _save(run: Run) -> None:
     run.accelerator.wait_for_everyone()
 
 
-def _finish(run: Run, console: Console) -> None:
-    """Adapter, card, metrics plot and before/after samples into the expert directory."""
-    import shutil
-
+def _finish(run: Run, stop: StopFlag, console: Console) -> None:
+    """The end step: before/after samples, then adapter, card and loss plot into the work
+    folder, which is renamed to the expert's. Stopped by Ctrl-C like a step: the finished
+    training stays in its last checkpoint and --resume comes back here."""
     state = run.state
+    chosen = state.best_step if state.best_step is not None else state.step
+    samples = []
+    if run.main and run.recipe.eval.samples:
+        samples = before_after(run, console, stop=lambda: stop.requested)
+    if stop():  # every process takes part
+        raise Interrupted(
+            f"interrupted at the end of training (step {state.step}, saved in "
+            f"{run.checkpoints}); run again with --resume to write the expert"
+        )
     if run.main:
-        chosen = state.best_step if state.best_step is not None else state.step
         source = ckpt.step_dir(run.checkpoints, chosen)
         for name in ADAPTER_FILES:
-            shutil.copyfile(source / name, run.folder / name)
-        metrics = read_metrics(run.folder / METRICS_FILE)
-        plot_loss(metrics, run.folder / PLOT_FILE, f"{run.recipe.name} ({run.recipe.stage})")
-        samples = before_after(run, console) if run.recipe.eval.samples else []
-        write_card(run.folder, _card(run, chosen, samples))
-        console.print(f"expert written to {run.folder} (adapter from step {chosen})")
+            shutil.copyfile(source / name, run.work / name)
+        metrics = read_metrics(run.work / METRICS_FILE)
+        plot_loss(metrics, run.work / PLOT_FILE, f"{run.recipe.name} ({run.recipe.stage})")
+        write_card(run.work, _card(run, chosen, samples))
+        try:
+            ckpt.publish_folder(run.work, run.expert)
+        except OSError as exc:
+            raise DomainLMError(
+                f"cannot rename {run.work} to {run.expert}: {exc.strerror or exc}"
+            ) from None
+        console.print(f"expert written to {run.expert} (adapter from step {chosen})")
     run.accelerator.wait_for_everyone()
 
 
@@ -419,34 +457,43 @@ def _card(run: Run, chosen: int, samples: list[dict[str, str]]) -> ExpertCard:
     )
 
 
+class StopFlag:
+    """Set by the first Ctrl-C / SIGTERM. `requested` is this process's flag; calling the
+    flag asks every process (a collective in a multi-process run: all must call it)."""
+
+    def __init__(self, device: Any) -> None:
+        self.requested = False
+        self.device = device  # the process group's device (NCCL reduces CUDA tensors only)
+
+    def __call__(self) -> bool:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(self.requested)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            return bool(flag.item())
+        return self.requested
+
+
 @contextmanager
-def _stop_requests() -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C / SIGTERM into a request to save and stop after this step.
+def _stop_requests(device: Any) -> Iterator[StopFlag]:
+    """Turn the first Ctrl-C / SIGTERM into a request to save and stop after this step
+    (or, in the end step, before the next before/after sample).
 
     A second Ctrl-C interrupts at once. In a multi-process run all processes agree (the
     request is all-reduced) so they save the same step.
     """
-    requested = [False]
+    flag = StopFlag(device)
 
     def handler(signum: int, frame: Any) -> None:
-        if requested[0]:
+        if flag.requested:
             raise KeyboardInterrupt
-        requested[0] = True
+        flag.requested = True
 
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             previous[sig] = signal.signal(sig, handler)
-
-    def stop() -> bool:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor([float(requested[0])])
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            return bool(flag.item())
-        return requested[0]
-
     try:
-        yield stop
+        yield flag
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
