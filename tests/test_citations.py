@@ -42,6 +42,17 @@ def _one(kb: KnowledgeBase, text: str, on: str = "2026-11-22") -> Any:
     return found[0]
 
 
+def test_search_and_verify_on_the_whole_database(kb: KnowledgeBase) -> None:
+    assert kb.stats()["chunks"] > 26000
+    top = [(c.law, c.article_num) for c in kb.search("什么是定金？", k=3)]
+    assert (CIVIL, 586) in top
+    assert kb.search("借钱不还怎么办？", k=1)[0].article_num == 675
+    verdicts = [
+        c.verdict for c in kb.verify("《民法典》第五百八十六条；刑法第二十条第二款；民法典第2000条")
+    ]
+    assert verdicts == ["current", "current", "no_such_article"]
+
+
 def test_every_law_name_and_short_form_is_recognised_in_running_text(kb: KnowledgeBase) -> None:
     names = sorted(kb.laws.names) + sorted(kb.laws.repealed)
     assert len(names) > 400

