@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from domainlm.expert import BaseRef, ExpertCard, write_card
 from domainlm.models.base import load_base
-from domainlm.train.expert import BaseRef, ExpertCard, write_card
 
 
 def make_expert(

@@ -12,7 +12,7 @@ import pytest
 from domainlm.engine.adapters import BASE, AdapterPool
 from domainlm.engine.generation import Generator, Request, Sampling
 from domainlm.errors import DomainLMError
-from domainlm.train.expert import read_card, write_card
+from domainlm.expert import read_card, write_card
 from tests.engine_helpers import make_expert, tiny_base
 
 
@@ -144,7 +144,7 @@ def test_adapters_on_embeddings_use_peft_path(tmp_path: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from domainlm.train.expert import BaseRef, ExpertCard, write_card
+    from domainlm.expert import BaseRef, ExpertCard, write_card
 
     base = tiny_base()
     config = LoraConfig(r=4, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False)

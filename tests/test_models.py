@@ -100,7 +100,7 @@ def test_default_gguf_model_converts_once_and_reloads_fast() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_qlora_trains_on_gpu(tmp_path: Path) -> None:
     pytest.importorskip("bitsandbytes")
-    from domainlm.train.expert import read_card
+    from domainlm.expert import read_card
     from domainlm.train.recipe import load_recipe
     from domainlm.train.trainer import train
     from tests.train_helpers import write_recipe

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from domainlm.train.expert import read_card
+from domainlm.expert import read_card
 from domainlm.train.recipe import load_recipe
 from domainlm.train.trainer import train
 from tests.train_helpers import QA, losses, write_qa, write_recipe

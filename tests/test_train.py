@@ -12,9 +12,9 @@ import yaml
 
 from domainlm.chat.conversation import Conversation
 from domainlm.chat.formats import IGNORE_INDEX, get_format
+from domainlm.expert import read_card
 from domainlm.models import build_tiny_model
 from domainlm.train.batching import file_hash
-from domainlm.train.expert import read_card
 from domainlm.train.recipe import load_recipe
 from domainlm.train.samples import generate
 from domainlm.train.setup import lr_factor

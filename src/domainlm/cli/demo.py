@@ -148,7 +148,7 @@ def _train_expert(output: Path) -> Path:
     import shutil
 
     from domainlm.cli.console import err
-    from domainlm.train.expert import partial_folder
+    from domainlm.expert import partial_folder
     from domainlm.train.recipe import Recipe
     from domainlm.train.trainer import train
 

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.errors import DomainLMError
-from domainlm.models.base import BaseModel
-from domainlm.train.expert import (
+from domainlm.expert import (
     ADAPTER_FILES,
     CARD_FILE,
     METRICS_FILE,
@@ -27,6 +26,7 @@ from domainlm.train.expert import (
     ExpertCard,
     check_expert,
 )
+from domainlm.models.base import BaseModel
 
 BASE = "base"
 #: peft's name for "no adapter" in a mixed batch.

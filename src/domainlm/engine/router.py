@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from domainlm.engine.adapters import BASE
-from domainlm.train.expert import ExpertCard
+from domainlm.expert import ExpertCard
 
 #: Below this cosine similarity no expert is confident enough and the base answers.
 MIN_SIMILARITY = 0.05

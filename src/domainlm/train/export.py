@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 
 from domainlm.errors import DomainLMError
+from domainlm.expert import check_expert
 from domainlm.models.base import load_base
-from domainlm.train.expert import check_expert
 
 
 def merge_expert(expert: Path, out: Path, base_path: str | None = None) -> Path:

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from domainlm.errors import DomainLMError
-from domainlm.train.expert import PARTIAL_SUFFIX
+from domainlm.expert import PARTIAL_SUFFIX
 
 
 class _Section(BaseModel):

@@ -35,9 +35,7 @@ from rich.console import Console
 from domainlm import __version__
 from domainlm.chat.formats import ChatFormat
 from domainlm.errors import DomainLMError
-from domainlm.train import checkpoint as ckpt
-from domainlm.train.batching import Batch, BatchPlan, eval_batches
-from domainlm.train.expert import (
+from domainlm.expert import (
     ADAPTER_FILES,
     CARD_FILE,
     METRICS_FILE,
@@ -46,12 +44,13 @@ from domainlm.train.expert import (
     DatasetRef,
     ExpertCard,
     partial_folder,
-    plot_loss,
     read_metrics,
-    truncate_metrics,
     write_card,
 )
+from domainlm.train import checkpoint as ckpt
+from domainlm.train.batching import Batch, BatchPlan, eval_batches
 from domainlm.train.loss import LossModel, step_scale
+from domainlm.train.metrics import plot_loss, truncate_metrics
 from domainlm.train.progress import TrainProgress
 from domainlm.train.recipe import Recipe
 from domainlm.train.samples import before_after

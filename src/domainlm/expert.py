@@ -1,4 +1,5 @@
-"""The expert directory a training run produces, its card, and why a folder is not one.
+"""Expert: the directory a training run produces and the engine, server and evaluation
+consume — a peft adapter plus its card — and why a folder is not one.
 
 ```
 EXPERT/
@@ -17,6 +18,7 @@ is whole or absent.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,29 @@ class ExpertCard(BaseModel):
     samples: list[dict[str, str]] = Field(default_factory=list)
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     domainlm_version: str = ""
+
+
+@dataclass(frozen=True)
+class Expert:
+    """A complete expert directory and its card."""
+
+    folder: Path
+    card: ExpertCard
+
+    @classmethod
+    def open(cls, folder: str | Path) -> Expert:
+        """Raises DomainLMError saying why `folder` is not a complete expert."""
+        folder = Path(folder)
+        return cls(folder, check_expert(folder))
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        """The training run's metrics rows (step, loss, eval_loss …)."""
+        return read_metrics(self.folder / METRICS_FILE)
 
 
 def write_card(folder: Path, card: ExpertCard) -> None:
@@ -175,36 +200,3 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break  # a line cut short by a kill: everything after it is gone too
     return rows
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only rows up to `last_step` (a resumed run rewrites what came after)."""
-    rows = [row for row in read_metrics(path) if row["step"] <= last_step]
-    with atomic_write(path) as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-
-
-def plot_loss(metrics: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Training loss (and eval loss where measured) against step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    train = [(row["step"], row["loss"]) for row in metrics if "loss" in row]
-    evals = [(row["step"], row["eval_loss"]) for row in metrics if "eval_loss" in row]
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.2)
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", linewidth=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png")
-    plt.close(fig)
