@@ -38,7 +38,7 @@ def make_experts(base: Any, folder: Path) -> list[Path]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from domainlm.train.expert import BaseRef, ExpertCard, write_card
+    from domainlm.expert import BaseRef, ExpertCard, write_card
 
     paths = []
     for i in range(EXPERTS):
