@@ -8,9 +8,10 @@ Stored as JSONL, one conversation a line, in OpenAI's shape so other tools read 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -26,15 +27,42 @@ class FieldError(ValueError):
 
 
 class ToolSpec(BaseModel):
-    """A tool the model may call: a name, a description and a JSON schema for its arguments."""
+    """A tool the model may call: a name, a description and a JSON schema for its arguments.
+
+    Or a tool described only in prose, as ChatGLM3's ToolAlpaca converter writes them
+    (`"tools": ["getWeather: Get the weather.\\nParameters: {...}"]`): then `text` holds that
+    string as given, there is no name or schema, and calls of the functions it describes are
+    checked by name only (`mentions`).
+    """
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: str = ""
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _name_or_text(self) -> ToolSpec:
+        if (self.text is None) == (not self.name):
+            raise ValueError("a tool has either a name (and a schema) or a prose text, not both")
+        return self
+
+    def function(self) -> dict[str, Any]:
+        """`{name, description, parameters}`: OpenAI's `function` object."""
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
 
     def to_openai(self) -> dict[str, Any]:
-        return {"type": "function", "function": self.model_dump()}
+        return {"type": "function", "function": self.function()}
+
+    def to_record(self) -> dict[str, Any] | str:
+        """As stored: OpenAI's shape, or the prose string unchanged."""
+        return self.text if self.text is not None else self.to_openai()
+
+    def mentions(self, name: str) -> bool:
+        """Whether this prose tool names the function `name` (as a whole word)."""
+        if self.text is None or not name:
+            return False
+        return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", self.text) is not None
 
 
 class ToolCall(BaseModel):
@@ -95,7 +123,8 @@ class Conversation(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
     def tool(self, name: str) -> ToolSpec | None:
-        return next((spec for spec in self.tools if spec.name == name), None)
+        """The tool with a schema called `name` (prose tools have no name)."""
+        return next((s for s in self.tools if s.text is None and s.name == name), None)
 
     def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {}
@@ -103,7 +132,7 @@ class Conversation(BaseModel):
             record["id"] = self.id
         record["messages"] = [message.to_record() for message in self.messages]
         if self.tools:
-            record["tools"] = [spec.to_openai() for spec in self.tools]
+            record["tools"] = [spec.to_record() for spec in self.tools]
         if self.meta:
             record["meta"] = self.meta
         return record
@@ -135,7 +164,8 @@ class Conversation(BaseModel):
 
 
 def read_tools(value: Any, field: str) -> list[ToolSpec]:
-    """Tools as OpenAI (`{"type": "function", "function": {...}}`) or flat `{name, ...}` dicts.
+    """Tools as OpenAI (`{"type": "function", "function": {...}}`) or flat `{name, ...}` dicts,
+    or prose strings (ChatGLM3's ToolAlpaca data), kept as given.
 
     A JSON string holding that list is accepted too (ShareGPT stores tools that way).
     """
@@ -153,8 +183,11 @@ def read_tools(value: Any, field: str) -> list[ToolSpec]:
     specs = []
     for i, item in enumerate(value):
         where = f"{field}[{i}]"
+        if isinstance(item, str):
+            specs.append(ToolSpec(text=item))
+            continue
         if not isinstance(item, dict):
-            raise FieldError(where, "expected an object")
+            raise FieldError(where, "expected an object or a text")
         if "function" in item and isinstance(item["function"], dict):
             item, where = item["function"], f"{where}.function"
         name = item.get("name")

@@ -9,6 +9,7 @@ from typing import Any
 
 from domainlm.chat.conversation import Conversation
 from domainlm.chat.formats import ChatFormat
+from domainlm.chat.formats.base import RenderError
 from domainlm.errors import DomainLMError
 
 
@@ -58,7 +59,9 @@ def token_lengths(conversations: list[Conversation], chat_format: ChatFormat) ->
         try:
             rendered = chat_format.render(conversation)
         except DomainLMError as exc:
-            lengths.failures.append((index, str(exc)))
+            # The caller names the record; a RenderError's message names it too.
+            reason = exc.reason if isinstance(exc, RenderError) else str(exc)
+            lengths.failures.append((index, reason))
             continue
         lengths.total.append(len(rendered.input_ids))
         lengths.trained.append(rendered.trained_tokens)

@@ -2,7 +2,9 @@
 
 Checked: roles in a valid order (system only first; a tool result only after the call it
 answers), at least one trained assistant turn, no empty turns, tool calls naming tools the
-conversation declares with arguments matching the tool's JSON schema, and duplicates.
+conversation declares with arguments matching the tool's JSON schema (a tool described only
+in prose, as ChatGLM3's ToolAlpaca data has them, must name the function called), and
+duplicates.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ def _check_tools(conversation: Conversation) -> list[Problem]:
     problems = []
     seen: set[str] = set()
     for k, spec in enumerate(conversation.tools):
+        if spec.text is not None:  # described in prose: no name, no schema
+            if not spec.text.strip():
+                problems.append(Problem(f"tools[{k}]", "empty tool description"))
+            continue
         if spec.name in seen:
             problems.append(Problem(f"tools[{k}].name", f"tool {spec.name!r} is declared twice"))
         seen.add(spec.name)
@@ -104,8 +110,13 @@ def _check_call(
     spec = conversation.tool(name)
     if spec is None and name == INTERPRETER:
         return []  # ChatGLM3's code interpreter is a mode of the model, not a declared tool
+    if spec is None and any(s.mentions(name) for s in conversation.tools):
+        return []  # a function of a tool described in prose: it has no schema to check against
     if spec is None:
-        declared = ", ".join(s.name for s in conversation.tools) or "none"
+        declared = ", ".join(s.name for s in conversation.tools if s.text is None) or "none"
+        prose = sum(s.text is not None for s in conversation.tools)
+        if prose:
+            declared += f"; {prose} described in prose, none naming it"
         return [
             Problem(
                 f"{where}.function.name",

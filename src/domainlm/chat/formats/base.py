@@ -88,6 +88,19 @@ def special_strings(tokenizer: Any) -> list[str]:
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
+class RenderError(DomainLMError):
+    """A conversation that a chat format cannot render, named by its record when known.
+
+    `reason` is `field: problem`; the message puts the record's `meta.source` (file:line)
+    before it, so that a command rendering a whole file (training) says which record.
+    """
+
+    def __init__(self, conversation: Conversation, field: str, problem: str):
+        self.reason = f"{field}: {problem}"
+        source = conversation.meta.get("source")
+        super().__init__(f"{source}: {self.reason}" if source else self.reason)
+
+
 class ChatFormat(ABC):
     """Renders conversations to tokens and parses generated text; one instance per tokenizer."""
 

@@ -2,10 +2,11 @@
 
 Each turn is `<|role|>` (a special token) + encode(f"{metadata}\\n") + encode(content), after
 the `[gMASK]sop` prefix, as ChatGLM3's tokenizer builds it. Tools are listed in the system
-turn as JSON (indent 4); a call is an assistant turn whose metadata is the tool name and
-whose content is a fenced python block holding `tool_call(k=v, ...)`; the result is an
-`<|observation|>` turn. The code interpreter is the tool named `interpreter`, whose content
-is the code itself.
+turn as JSON (indent 4), a tool described in prose (ChatGLM3's ToolAlpaca data) as the JSON
+string it is, as ChatGLM3's tokenizer lists them. A call is an assistant turn whose metadata
+is the tool name and whose content is a fenced python block holding `tool_call(k=v, ...)`;
+the result is an `<|observation|>` turn. The code interpreter is the tool named
+`interpreter`, whose content is the code itself.
 
 Loss: assistant turns (text and tool calls, metadata line included) are trained, plus the
 token that ends them (the next role token or eos), which teaches the model when to stop or
@@ -64,13 +65,17 @@ def call_content(call: ToolCall) -> str:
 
 
 def system_text(conversation: Conversation) -> str | None:
-    """The system turn's text, with the tool list appended as ChatGLM3 does."""
+    """The system turn's text, with the tool list appended as ChatGLM3's `build_chat_input`
+    does (`content + "\\n" + json.dumps(tools, indent=4, ensure_ascii=False)`); a tool
+    described in prose is listed as the JSON string it is."""
     first = conversation.messages[0] if conversation.messages else None
     base = first.content if first is not None and first.role == "system" else None
     if not conversation.tools:
         return base
     listing = json.dumps(
-        [spec.model_dump() for spec in conversation.tools], indent=4, ensure_ascii=False
+        [spec.text if spec.text is not None else spec.function() for spec in conversation.tools],
+        indent=4,
+        ensure_ascii=False,
     )
     return f"{base if base is not None else TOOL_PROMPT}\n{listing}"
 

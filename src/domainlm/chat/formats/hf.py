@@ -20,7 +20,13 @@ import re
 from typing import Any
 
 from domainlm.chat.conversation import Conversation, Message, ToolCall
-from domainlm.chat.formats.base import IGNORE_INDEX, ChatFormat, Rendered, special_strings
+from domainlm.chat.formats.base import (
+    IGNORE_INDEX,
+    ChatFormat,
+    Rendered,
+    RenderError,
+    special_strings,
+)
 from domainlm.chat.toolcall import TOOL_NAME, parse_json_call
 from domainlm.errors import DomainLMError, ToolCallParseError
 
@@ -36,6 +42,12 @@ _END_MARKERS = (
     "<|user|>",
     "<|observation|>",
     "<|endoftext|>",
+)
+
+
+PROSE_TOOL = (
+    "a tool described only in prose (ChatGLM3's ToolAlpaca data) has no JSON schema, which chat "
+    "templates need: only the chatglm3 chat format renders it"
 )
 
 
@@ -70,7 +82,7 @@ class HFTemplateFormat(ChatFormat):
         self, conversation: Conversation, add_generation_prompt: bool
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str, list[tuple[int, int]]]:
         """Template messages, tools, the template's text, and where message text sits in it."""
-        self._refuse_specials(conversation)
+        self._refuse_unrenderable(conversation)
         messages = self._template_messages(conversation, None)
         tools = [spec.to_openai() for spec in conversation.tools]
         full = self._apply(messages, tools, add_generation_prompt)
@@ -106,19 +118,24 @@ class HFTemplateFormat(ChatFormat):
             result.append(item)
         return result
 
-    def _refuse_specials(self, conversation: Conversation) -> None:
-        """Tool-call arguments and tool specs reach the template as-is: no special tokens there."""
+    def _refuse_unrenderable(self, conversation: Conversation) -> None:
+        """Refuse tools described in prose: templates take tools as JSON schemas. Refuse special
+        tokens in tool-call arguments and tool specs, which reach the template as-is."""
+        values: list[tuple[str, Any]] = []
+        for k, spec in enumerate(conversation.tools):
+            if spec.text is not None:
+                raise RenderError(conversation, f"tools[{k}]", PROSE_TOOL)
+            values.append((f"tools[{k}]", spec.function()))
         for i, message in enumerate(conversation.messages):
             for j, call in enumerate(message.tool_calls):
-                self._scan(call.model_dump(), f"messages[{i}].tool_calls[{j}]")
-        for k, spec in enumerate(conversation.tools):
-            self._scan(spec.model_dump(), f"tools[{k}]")
-
-    def _scan(self, value: Any, field: str) -> None:
-        text = json.dumps(value, ensure_ascii=False)
-        for special in self._specials:
-            if special in text:
-                raise DomainLMError(f"{field}: contains the special token text {special!r}")
+                values.append((f"messages[{i}].tool_calls[{j}]", call.model_dump()))
+        for field, value in values:
+            text = json.dumps(value, ensure_ascii=False)
+            special = next((s for s in self._specials if s in text), None)
+            if special is not None:
+                raise RenderError(
+                    conversation, field, f"contains the special token text {special!r}"
+                )
 
     def _apply(
         self,
@@ -162,9 +179,11 @@ class HFTemplateFormat(ChatFormat):
             else:  # the template renders earlier turns differently once more follow
                 position = full.find(piece, cursor)
             if not piece or position < 0:
-                raise DomainLMError(
-                    f"messages[{i}]: cannot locate this {message.role} turn in the rendered "
-                    "template (the template rewrites earlier turns); split the conversation"
+                raise RenderError(
+                    conversation,
+                    f"messages[{i}]",
+                    f"cannot locate this {message.role} turn in the rendered template "
+                    "(the template rewrites earlier turns); split the conversation",
                 )
             spans.append((position, position + len(piece)))
             cursor = position + len(piece)
