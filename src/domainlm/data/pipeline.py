@@ -22,7 +22,13 @@ from domainlm.data.readers import (
     from_columns,
     link_tool_results,
 )
-from domainlm.data.records import TABULAR, Record, read_records
+from domainlm.data.records import (
+    TABULAR,
+    Record,
+    lone_surrogate,
+    read_records,
+    without_surrogates,
+)
 from domainlm.data.validate import check_conversation, fingerprint
 from domainlm.errors import DomainLMError, SourceError
 from domainlm.io import MAX_LINE_BYTES
@@ -118,6 +124,13 @@ def _convert_file(
         report.read += 1
         if record.error is not None:
             report.rejected.append(Rejected(record.where, [record.error.message]))
+            continue
+        field = lone_surrogate(record.data)
+        if field is not None:
+            reason = f"{field}: invalid Unicode (lone surrogate)"
+            report.rejected.append(
+                Rejected(record.where, [reason], without_surrogates(record.data))
+            )
             continue
         if fmt is None:
             fmt = detect_format(record.data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from domainlm.errors import DomainLMError, SourceError
 from domainlm.io import MAX_LINE_BYTES, read_lines
 
 TABULAR = {".csv": ",", ".tsv": "\t"}
+# JSON may escape half of a UTF-16 surrogate pair ("\ud800"): Python reads it as a str that
+# no UTF-8 file can hold.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -63,6 +67,36 @@ def read_texts(path: str | Path, fields: Sequence[str]) -> Iterator[str]:
             raise DomainLMError(f"{record.where}: no text field (one of {', '.join(fields)})")
         if value.strip():
             yield value
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The field of a decoded JSON record holding a lone surrogate (invalid Unicode), or None.
+
+    Such text cannot be hashed or written as UTF-8, so the record is rejected up front.
+    Walked with a stack: records nest as deep as the JSON decoder allows.
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        field, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return field or "<record>"
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                name = f"{field}.{key}" if field else str(key)
+                if _SURROGATE.search(str(key)):
+                    return f"{field or '<record>'}: key {str(key)!a}"
+                children.append((name, child))
+            stack += reversed(children)  # the first field is looked at first
+        elif isinstance(item, list):
+            stack += reversed([(f"{field}[{i}]", child) for i, child in enumerate(item)])
+    return None
+
+
+def without_surrogates(value: Any) -> Any:
+    """`value` with each lone surrogate replaced by U+FFFD, so it can be written as UTF-8."""
+    return json.loads(_SURROGATE.sub("\ufffd", json.dumps(value, ensure_ascii=False)))
 
 
 def _jsonl(path: Path, encoding: str, max_line_bytes: int) -> Iterator[Record]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import TypeVar
 
@@ -14,9 +15,13 @@ def split_sizes(total: int, dev: float, test: float) -> tuple[int, int, int]:
     """Sizes of (train, dev, test); `dev`/`test` below 1 are fractions, else counts."""
 
     def size(value: float, name: str) -> int:
-        if value < 0:
-            raise DomainLMError(f"--{name} must not be negative")
-        return round(total * value) if value < 1 else int(value)
+        if math.isfinite(value) and 0 <= value < 1:
+            return round(total * value)
+        if math.isfinite(value) and value >= 1 and value == int(value):
+            return int(value)
+        raise DomainLMError(
+            f"--{name} {value:g}: give a share below 1 (0.05 for 5%) or a whole count (200)"
+        )
 
     n_dev, n_test = size(dev, "dev"), size(test, "test")
     if n_dev + n_test >= total:

