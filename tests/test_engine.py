@@ -226,3 +226,54 @@ def test_folders_that_are_not_experts_say_why(tmp_path: Path, cli: Any) -> None:
     assert err.strip() == f"error: {expected['half']}"
     code, out, err = cli("ask", "定金？", "--model", "tiny", "--experts", good, "--expert", "good")
     assert code == 0 and out.startswith("good (chosen)"), err
+
+
+def _byte_ids(tokenizer: Any, data: bytes) -> list[int]:
+    """One token per byte of `data` (the byte-level alphabet of GPT-2-style BPE)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    alphabet = {b: chr(b) for b in printable}
+    alphabet.update(
+        {b: chr(256 + i) for i, b in enumerate(b for b in range(256) if b not in alphabet)}
+    )
+    return [tokenizer.convert_tokens_to_ids(alphabet[b]) for b in data]
+
+
+def _scripted_generate(new_ids: list[int]) -> Any:
+    """Stands in for `model.generate`: emits `new_ids` after the prompt, as HF does (the
+    prompt to the streamer first, then one token per step, then `end`)."""
+    import torch
+
+    def generate(input_ids: Any, max_new_tokens: int, streamer: Any = None, **_: Any) -> Any:
+        new = new_ids[:max_new_tokens]
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+            for token in new:
+                streamer.put(torch.tensor([token]))
+            streamer.end()
+        return torch.cat([input_ids, torch.tensor([new] * input_ids.shape[0])], dim=1)
+
+    return generate
+
+
+def test_a_character_cut_by_the_token_limit_is_dropped_not_garbled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = AdapterPool(tiny_base())
+    tokenizer = pool.base.tokenizer
+    generator = Generator(pool)
+    # The token limit falls after two of the three bytes of 好 (what left `在你的�` in chat).
+    cut = _byte_ids(tokenizer, "在你的好".encode()[:-1])
+    monkeypatch.setattr(pool.model, "generate", _scripted_generate(cut))
+    request = Request([5, 6], sampling=Sampling(max_new_tokens=len(cut)))
+    completion = generator.run([request])[0]
+    assert (completion.text, completion.finish_reason) == ("在你的", "length")
+    pieces = list(generator.stream(request))
+    assert "".join(pieces) == "在你的" and not any("\ufffd" in p for p in pieces), pieces
+
+    # A character whose bytes come in several tokens is streamed once it is whole.
+    whole = _byte_ids(tokenizer, "好吗".encode())
+    monkeypatch.setattr(pool.model, "generate", _scripted_generate(whole))
+    request = Request([5, 6], sampling=Sampling(max_new_tokens=len(whole)))
+    pieces = list(generator.stream(request))
+    assert "".join(pieces) == "好吗" == generator.run([request])[0].text
+    assert not any("\ufffd" in p for p in pieces), pieces

@@ -3,12 +3,17 @@
 Rows are left-padded into one batch and run in one `generate` call with peft's per-row
 `adapter_names`, so requests for different experts share every forward pass. Requests
 with different sampling settings run as separate batches (one `generate` call each).
+
+Text never holds a partial character: a token can end inside a character's UTF-8 bytes,
+so streamed text waits for the character's last byte, and a reply cut off by the token
+limit (or ended by the model) inside a character drops it.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +53,94 @@ class Request:
     expert: str = BASE
     sampling: Sampling = field(default_factory=Sampling)
     stop: list[str] = field(default_factory=list)
+
+
+#: What tokenizers decode an incomplete UTF-8 sequence to.
+REPLACEMENT = "\ufffd"
+
+
+def decode(tokenizer: Any, ids: list[int]) -> str:
+    """`ids` as text, less a trailing incomplete character (its first bytes decode to one
+    U+FFFD; a model that writes U+FFFD itself as its very last character loses it)."""
+    text: str = tokenizer.decode(ids, skip_special_tokens=False)
+    return text[:-1] if text.endswith(REPLACEMENT) else text
+
+
+class _TextQueue:
+    """A `generate` streamer: queues the text of the generated ids as it becomes final.
+
+    The whole reply is decoded at each step (a piece decoded alone can differ from its
+    place in the whole, e.g. SentencePiece's leading spaces), and text ending in an
+    incomplete character is held back until the character is complete.
+    """
+
+    def __init__(self, tokenizer: Any, timeout: float):
+        self.tokenizer = tokenizer
+        self.timeout = timeout
+        self.ids: list[int] = []
+        self.sent = 0  # characters queued so far
+        self.failure: BaseException | None = None
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._prompt_seen = False
+        self._ended = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate hands over the prompt first
+            self._prompt_seen = True
+            return
+        if self._ended:
+            return
+        eos = self.tokenizer.eos_token_id
+        for token in value.reshape(-1).tolist():
+            if token == eos:
+                self.end()
+                return
+            self.ids.append(token)
+        self._send(decode(self.tokenizer, self.ids))
+
+    def end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._send(decode(self.tokenizer, self.ids))
+            self._queue.put(None)
+
+    def _send(self, text: str) -> None:
+        if len(text) > self.sent:
+            self._queue.put(text[self.sent :])
+            self.sent = len(text)
+
+    def __iter__(self) -> Iterator[str]:
+        while (piece := self._queue.get(timeout=self.timeout)) is not None:
+            yield piece
+
+
+def _stop_prefix(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that is the start of one of `stops`."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+def _until_stop(pieces: Iterable[str], stops: list[str]) -> Iterator[str]:
+    """`pieces` up to the first stop string; text that may begin one waits for the next."""
+    text, sent = "", 0
+    for piece in pieces:
+        text += piece
+        cut = min((text.find(s) for s in stops if s in text), default=-1)
+        if cut >= 0:
+            if cut > sent:
+                yield text[sent:cut]
+            return
+        ready = len(text) - _stop_prefix(text, stops)
+        if ready > sent:
+            yield text[sent:ready]
+            sent = ready
+    if len(text) > sent:
+        yield text[sent:]
 
 
 @dataclass
@@ -137,7 +230,7 @@ class Generator:
             ids = ids[: ids.index(eos)]
             finish = "stop"
         ids = [i for i in ids if i != pad] if pad != eos else ids
-        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        text = decode(self.tokenizer, ids)
         for stop in request.stop:
             if stop in text:
                 text = text.split(stop, 1)[0]
@@ -147,8 +240,13 @@ class Generator:
         )
 
     def stream(self, request: Request) -> Iterator[str]:
-        """Text pieces of one request as they are generated (stops at a stop string)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        """Text pieces of one request as they are generated (stops at a stop string; text
+        that may begin one waits for the next piece).
+
+        Closing the iterator (as a caller does when Ctrl-C interrupts it) stops the
+        generation at its next step.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         class _Stopped(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
@@ -156,39 +254,36 @@ class Generator:
 
         self.check_length(request)
         stopped = threading.Event()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False)
+        texts = _TextQueue(self.tokenizer, timeout=600.0)  # never block forever
         ids = torch.tensor([request.prompt], device=next(self.pool.model.parameters()).device)
+        pad = self.tokenizer.pad_token_id
         kwargs: dict[str, Any] = {
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
             "max_new_tokens": request.sampling.max_new_tokens,
-            "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            "pad_token_id": pad if pad is not None else self.tokenizer.eos_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
-            "streamer": streamer,
+            "streamer": texts,
             "stopping_criteria": StoppingCriteriaList([_Stopped()]),
             **request.sampling.kwargs(),
         }
         experts = [self.pool.resolve(request.expert)]
 
         def work() -> None:
-            with self._lock, torch.no_grad():
-                self._generate(kwargs, experts)
+            try:
+                with self._lock, torch.no_grad():
+                    self._generate(kwargs, experts)
+            except BaseException as exc:  # handed to the reader, not lost in this thread
+                texts.failure = exc
+            finally:
+                texts.end()
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        text = ""
-        streamer.timeout = 600.0  # never block forever if generation dies
-        for piece in streamer:
-            eos_text = self.tokenizer.eos_token or ""
-            if eos_text and eos_text in piece:
-                piece = piece.split(eos_text, 1)[0]
-            text += piece
-            cut = min((text.find(s) for s in request.stop if s in text), default=-1)
-            if cut >= 0:
-                yield piece[: max(0, len(piece) - (len(text) - cut))]
-                stopped.set()  # generation ends at its next step
-                for _ in streamer:  # drain what was produced before the stop took effect
-                    pass
-                break
-            yield piece
-        thread.join()
+        try:
+            yield from _until_stop(texts, request.stop)
+        finally:
+            stopped.set()  # generation ends at its next step
+            thread.join()
+        if texts.failure is not None:
+            raise texts.failure
