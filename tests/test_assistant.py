@@ -12,6 +12,7 @@ from domainlm.engine.adapters import AdapterPool
 from domainlm.engine.assistant import Assistant, Session
 from domainlm.engine.generation import Completion, Request
 from domainlm.engine.router import Router
+from domainlm.errors import DomainLMError
 from domainlm.kb.base import build
 from domainlm.tools import Toolset
 from domainlm.tools.finance import FINANCE_TOOLS
@@ -36,6 +37,22 @@ def assistant(tmp_path: Path) -> Assistant:
     kb = build(tmp_path / "kb", [str(make_law_db(tmp_path / "laws.db"))], workers=1)
     return Assistant(
         AdapterPool(base), get_format("hf", base.tokenizer), kb=kb, toolset=Toolset(FINANCE_TOOLS)
+    )
+
+
+#: A chat template without tool syntax, like SmolLM2-135M-Instruct's.
+PLAIN_CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture
+def plain_assistant() -> Assistant:
+    base = tiny_base()
+    base.tokenizer.chat_template = PLAIN_CHATML
+    return Assistant(
+        AdapterPool(base), get_format("hf", base.tokenizer), toolset=Toolset(FINANCE_TOOLS)
     )
 
 
@@ -78,9 +95,54 @@ def test_tool_steps_are_bounded_and_bad_json_is_an_observation(assistant: Assist
         assistant,
         ['<tool_call>{"name": "calculator", "arguments": {"expression": </tool_call>', CALL, CALL],
     )
-    reply = assistant.reply(Session(), "算一下", use_kb=False)
+    reply = assistant.reply(Session(), "算一下10000*(1+0.05)**10", use_kb=False)
     assert len(reply.tool_trace) == 2 and not reply.tool_trace[0].ok
     assert "not valid JSON" in reply.tool_trace[0].content
+
+
+def test_no_example_call_to_copy_and_no_tools_for_questions_without_numbers(
+    plain_assistant: Assistant,
+) -> None:
+    """Where the template has no tool syntax the assistant describes the tools itself:
+    with no example call the model could copy (SmolLM2 answered legal questions with the
+    example's `calculator(250*(1+0.03)**4)` result), and only when the question holds a
+    number a calculation could use."""
+    assistant = plain_assistant
+    script = _script(assistant, ["定金是一方为担保债务履行而预先给付的金钱。", "约16288.95元。"])
+    session = Session()
+    legal = assistant.reply(session, "什么是定金？定金最多可以约定多少？", use_kb=False)
+    assert legal.text.startswith("定金是") and not legal.tool_trace
+    assert "calculator" not in script.prompts[0] and "<tool_call>" not in script.prompts[0]
+    assistant.reply(session, "10000*(1+0.05)**10 是多少？", use_kb=False)
+    offered = script.prompts[1]
+    assert "- calculator(expression: string)" in offered and "<tool_call>" in offered
+    assert offered.count("<|im_start|>user") == 2  # no example exchange between the turns
+    assert '"name": "calculator"' not in offered and "250" not in offered
+
+
+def test_a_call_made_of_numbers_not_in_the_conversation_is_not_run(assistant: Assistant) -> None:
+    copied = (
+        '<tool_call>{"name": "calculator", "arguments": {"expression": "250*(1+0.03)**4"}}'
+        "</tool_call>"
+    )
+    script = _script(assistant, [copied, "定金不得超过主合同标的额的百分之二十，即2万元。"])
+    session = Session()
+    reply = assistant.reply(session, "合同标的额10万元，定金最多约定多少？", use_kb=False)
+    assert reply.text == "定金不得超过主合同标的额的百分之二十，即2万元。"
+    [observation] = reply.tool_trace
+    assert not observation.ok and observation.content.startswith("not run: ")
+    assert "281.377" not in observation.content + script.prompts[1]
+    # Asked again without the tools, and the made-up call is not in the history.
+    assert "calculator" in script.prompts[0] and "calculator" not in script.prompts[1]
+    assert [m.role for m in session.messages] == ["user", "assistant"]
+
+
+def test_an_empty_question_is_refused(assistant: Assistant, cli: Any) -> None:
+    with pytest.raises(DomainLMError, match="empty"):
+        assistant.reply(Session(), " \n\u3000")
+    for question in ("", "  \t "):
+        code, out, err = cli("ask", question, "--model", "tiny")
+        assert (code, out, err) == (2, "", "error: the question is empty\n")
 
 
 def test_articles_are_kept_for_follow_ups_and_citations_checked(assistant: Assistant) -> None:

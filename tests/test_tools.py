@@ -163,3 +163,23 @@ def test_code_interpreter_limits() -> None:
     )
     assert "MemoryError" in run_python("x = bytearray(4 * 1024**3)")
     assert "No such file" in run_python("open('secret.txt').read()")
+
+
+def test_numbers_are_read_as_people_write_them() -> None:
+    from domainlm.tools.grounding import numbers_in
+
+    assert numbers_in("本金一万，年利率5%，十年复利多少？") == {10000, 5, 0.05, 10}
+    assert numbers_in("１０,０００元、1.5万、百分之二十、3‰") >= {10000, 15000, 0.2, 0.003}
+    assert numbers_in("什么是定金？千万别忘了") == set()
+
+
+def test_a_call_is_grounded_when_one_of_its_numbers_was_in_the_conversation() -> None:
+    from domainlm.tools.grounding import grounded, numbers_in
+
+    known = numbers_in("本金一万，年利率5%，十年复利多少？")
+    assert grounded({"expression": "10000*(1+0.05)**10"}, known)
+    assert grounded({"values": [3, 10000]}, known)
+    # The example call small models copied into legal answers: nothing of it was asked.
+    assert not grounded({"expression": "250*(1+0.03)**4"}, known)
+    assert not grounded({"expression": "250*(1+0.03)**4"}, numbers_in("第1条是什么？"))
+    assert grounded({"expression": "sqrt(x)"}, set())  # no numbers, nothing made up

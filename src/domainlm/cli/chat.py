@@ -81,6 +81,8 @@ def ask(
     """Answer one question (with retrieval, tools and citation checks when given)."""
     from domainlm.engine.assistant import Session
 
+    if not question.strip():
+        raise DomainLMError("the question is empty")
     assistant = _assistant(model, experts, kb, tools, chat_format, max_new_tokens, temperature)
     reply = assistant.reply(Session(), question, expert=expert)
     if as_json:
@@ -102,11 +104,13 @@ def chat(
     max_new_tokens: MaxTokens = 256,
     temperature: Temperature = 0.0,
 ) -> None:
-    """Chat in the terminal. Commands: /expert, /kb on|off, /clear, /save FILE, /quit."""
+    """Chat in the terminal. Commands: /expert, /kb on|off (off: no articles in the
+    prompt), /clear, /save FILE, /quit. Ctrl-C stops the reply being written (what was
+    shown of it stays in the conversation); Ctrl-C or Ctrl-D at the prompt ends the chat."""
     from domainlm.engine.assistant import Session
 
     assistant = _assistant(model, experts, kb, tools, chat_format, max_new_tokens, temperature)
-    session, use_kb = Session(expert=expert), kb is not None
+    session, state = Session(expert=expert), {"kb": kb is not None}
     out.print(f"experts: {', '.join(assistant.pool.names)}   {HELP}", markup=False)
     while True:
         try:
@@ -115,26 +119,40 @@ def chat(
             out.print("")
             return
         if not line:
-            continue
+            continue  # nothing typed: nothing sent
         if line.startswith("/"):
-            if _command(line, assistant, session, out_state := {"kb": use_kb}):
+            if _command(line, assistant, session, state):
                 return
-            use_kb = out_state["kb"]
             continue
         try:
-            if assistant.toolset is None:  # stream the answer as it is written
-                reply = assistant.reply(
-                    session, line, expert=session.expert, use_kb=use_kb,
-                    on_text=lambda piece: out.print(piece, end="", markup=False, highlight=False),
-                )  # fmt: skip
-                out.print("")
-                print_reply(reply, text=False)
-            else:
-                with err.status("thinking …"):
-                    reply = assistant.reply(session, line, expert=session.expert, use_kb=use_kb)
-                print_reply(reply)
+            _reply(assistant, session, line, state["kb"])
+        except KeyboardInterrupt:
+            out.print("")
+            err.print("stopped (what was shown of the reply is kept)", markup=False)
         except DomainLMError as exc:
             err.print(f"error: {exc}", markup=False)
+
+
+def _reply(assistant: Assistant, session: Session, line: str, use_kb: bool) -> None:
+    """One exchange: the answer streamed as it is written where it can be (a reply that
+    may call tools is shown when done), then the articles, citation checks, tool trace."""
+    status = err.status("thinking …")
+    status.start()
+    streamed: list[str] = []
+
+    def show(piece: str) -> None:
+        if not streamed:
+            status.stop()
+        streamed.append(piece)
+        out.print(piece, end="", markup=False, highlight=False)
+
+    try:
+        reply = assistant.reply(session, line, expert=session.expert, use_kb=use_kb, on_text=show)
+    finally:
+        status.stop()
+    if streamed:
+        out.print("")
+    print_reply(reply, text=not streamed)
 
 
 def _command(line: str, assistant: Assistant, session: Session, state: dict[str, bool]) -> bool:
@@ -161,13 +179,33 @@ def _command(line: str, assistant: Assistant, session: Session, state: dict[str,
             err.print("no knowledge base loaded (start with --kb DIR)", markup=False)
         else:
             state["kb"] = argument == "on"
+            if argument == "off":
+                session.articles.clear()  # the articles kept for follow-ups go too
             out.print(f"knowledge base {argument}", markup=False)
-    elif word == "/save" and argument:
-        records = [m.to_record() for m in session.messages]
-        Path(argument).write_text(
-            json.dumps({"messages": records}, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        out.print(f"saved {len(records)} messages to {argument}", markup=False)
+    elif word == "/save":
+        _save(session, argument)
     else:
         err.print(HELP, markup=False)
     return False
+
+
+def _save(session: Session, path: str) -> None:
+    """Write the conversation to `path` (atomically); a failure is one line, the chat
+    goes on."""
+    from domainlm.io import atomic_write
+
+    if not path:
+        err.print("error: /save needs a file name", markup=False, highlight=False)
+        return
+    records = [m.to_record() for m in session.messages]
+    try:
+        # The nearest existing folder on the way (atomic_write makes the missing ones).
+        above = next((p for p in Path(path).absolute().parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise DomainLMError(f"cannot write {path}: {above} is a file, not a folder")
+        with atomic_write(path) as handle:
+            handle.write(json.dumps({"messages": records}, ensure_ascii=False) + "\n")
+    except DomainLMError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return
+    out.print(f"saved {len(records)} messages to {path}", markup=False)

@@ -2,8 +2,9 @@
 
 The default model (SmolLM2-135M-Instruct) is tiny and English-only, so what carries the
 answers here is what DomainLM adds around it: the articles retrieved for each question
-(with their status checked in the knowledge base), the citations checked in the reply, and
-the tool results. A real base model passed with `--model` writes the prose.
+(with their status checked in the knowledge base) and the citations checked in the reply.
+It does not call the finance tools it is offered (the demo says so rather than implying a
+tool ran); a real base model passed with `--model` writes the prose and makes the calls.
 """
 
 from __future__ import annotations
@@ -70,11 +71,14 @@ def answer_questions(model: str, kb: Any) -> None:
         _show(question, reply, kb)
     reply = assistant.reply(Session(), COMPUTATION, use_kb=False)
     _show(COMPUTATION, reply, None)
+    if not reply.tool_trace:
+        out.print("  no tool call: the model did the arithmetic itself", markup=False)
     out.print(
-        "\nNote: SmolLM2-135M-Instruct (the default model) is a tiny English model and writes "
-        "no usable Chinese; the retrieved articles, checked citations and tool results above "
-        "carry the answers. Pass --model PATH (a local HF folder or .gguf file of e.g. "
-        "Qwen2.5-7B-Instruct or GLM-4-9B-chat) for real answers.",
+        "\nNote: SmolLM2-135M-Instruct (the default model) is a tiny English model: it writes "
+        "no usable Chinese and is too small to call the tools it is offered. The retrieved "
+        "articles and checked citations above carry the legal answers. Pass --model PATH (a "
+        "local HF folder or .gguf file of e.g. Qwen2.5-7B-Instruct or GLM-4-9B-chat) for real "
+        "answers and tool calls.",
         markup=False,
     )
 

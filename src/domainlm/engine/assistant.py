@@ -6,6 +6,12 @@ conversation with the expert's system prompt, the articles (with the instruction
 irrelevant ones) and the tools, generate, run any tool calls and feed the observations
 back (up to `max_tool_steps`), then check every statute citation of the answer against the
 knowledge base.
+
+Tools and small models: where the chat template has no tool syntax the tools are described
+in the system prompt, without an example call (a 135M model copied the example's call into
+answers to legal questions), and tools that compute on the user's numbers are offered only
+for a question holding a number. A call whose numbers appear nowhere in the conversation is
+not run, and the model answers without tools instead (`domainlm.tools.grounding`).
 """
 
 from __future__ import annotations
@@ -26,18 +32,18 @@ from domainlm.kb.citations import Citation
 from domainlm.kb.store import Chunk
 from domainlm.kb.verdicts import CURRENT
 from domainlm.tools import Observation, Toolset
+from domainlm.tools.grounding import TRIVIAL, call_numbers, grounded, numbers_in
 
 DEFAULT_SYSTEM = "你是一名专业、严谨的助手。"
 ARTICLES_HEADER = (
     "以下是检索到的可能相关的法条。只引用与问题相关的条文，与问题无关的请忽略；不要编造法条。\n"
 )
+#: How tools are described where the template has no tool syntax: the call's form with
+#: placeholders, never a concrete call (which small models repeat whatever is asked).
 TOOLS_HEADER = (
-    "You can call tools. To call one, answer with only "
-    '<tool_call>{{"name": NAME, "arguments": {{...}}}}</tool_call>. Tools:\n{specs}'
-)
-EXAMPLE_QUESTION = "How much is 250*(1+0.03)**4?"
-EXAMPLE_CALL = (
-    '<tool_call>{"name": "calculator", "arguments": {"expression": "250*(1+0.03)**4"}}</tool_call>'
+    "You can call tools. Call one only when the question needs it, by answering with only "
+    '<tool_call>{{"name": "TOOL", "arguments": {{"PARAMETER": VALUE}}}}</tool_call>; '
+    "otherwise answer directly. Tools:\n{specs}"
 )
 #: Articles retrieved per question, and kept at most across follow-up turns.
 TOP_K, MAX_KEPT = 3, 6
@@ -113,6 +119,7 @@ class Assistant:
         self.top_k = top_k
         self.max_tool_steps = max_tool_steps
         self._shows_tools: dict[tuple[str, ...], bool] = {}
+        self._subsets: dict[tuple[str, ...], Toolset | None] = {}
 
     def reply(
         self,
@@ -129,33 +136,84 @@ class Assistant:
         Args:
             expert: an expert name, "auto" to route by the cards, None/"base" for the base.
             tool_choice: a tool name to force the first step to call it.
-            on_text: called with each piece of the answer as it is generated (when no
-                tools are in play; with tools the reply is known only after the loop).
+            on_text: called with each piece of the answer as it is generated, when it is
+                generated without tools in the prompt (with tools, whether the model
+                answers or calls one is known only when it is done).
+
+        Raises:
+            DomainLMError: for an empty `text`, an unknown expert or `tool_choice`.
+            KeyboardInterrupt: Ctrl-C stopped the reply; what was shown of it stays in
+                the session as the answer.
         """
+        if not text.strip():
+            raise DomainLMError("the question is empty")
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        toolset = self.toolset if use_tools else None
         name, route = self._choose(expert or session.expert, text)
+        before = len(session.messages)
         session.messages.append(Message(role="user", content=text))
-        if self.kb is not None and use_kb:
-            session.articles = self._articles(session.articles, text)
+        # Without the KB (chat's /kb off) the articles kept from earlier turns go too.
+        use_kb = use_kb and self.kb is not None
+        session.articles = self._articles(session.articles, text) if use_kb else []
         timings["retrieve_s"] = time.perf_counter() - started
+        toolset = self._offered(session, self.toolset if use_tools else None, tool_choice)
         trace: list[Observation] = []
-        answer = ""
+        shown: list[str] = []
+
+        def show(piece: str) -> None:
+            shown.append(piece)
+            if on_text is not None:
+                on_text(piece)
+
         turn = time.perf_counter()
+        try:
+            stream = show if on_text is not None else None
+            answer = self._tool_loop(session, name, toolset, tool_choice, stream, trace)
+        except KeyboardInterrupt:
+            _keep_shown(session, before, "".join(shown))
+            raise
+        timings["generate_s"] = time.perf_counter() - turn
+        citations: list[Citation] = []
+        if self.kb is not None:
+            check = time.perf_counter()
+            citations = self.kb.verify(answer)
+            timings["verify_s"] = time.perf_counter() - check
+        timings["total_s"] = time.perf_counter() - started
+        return Reply(answer, name, route, list(session.articles), citations, trace, timings)
+
+    def _tool_loop(
+        self,
+        session: Session,
+        name: str,
+        toolset: Toolset | None,
+        tool_choice: str | None,
+        on_text: Callable[[str], None] | None,
+        trace: list[Observation],
+    ) -> str:
+        """Generate, run the calls and feed their observations back, until the model
+        answers (or `max_tool_steps` steps ran); the answer."""
         for step in range(self.max_tool_steps + 1):
             message, error = self._generate(
                 session, name, toolset, tool_choice if step == 0 else None,
                 on_text if toolset is None else None,
             )  # fmt: skip
+            calls = [] if error else message.tool_calls
+            made_up = [call for call in calls if not self._grounded(call, session)]
+            if toolset is not None and made_up and len(made_up) == len(message.tool_calls):
+                # Numbers nobody asked about (a small model repeating something it read):
+                # not run, and the model answers without tools instead.
+                trace += [_not_run(call) for call in made_up]
+                toolset = None
+                message, error = self._generate(session, name, None, None, on_text)
             if not message.tool_calls or toolset is None or step == self.max_tool_steps:
-                answer = message.content
-                session.messages.append(Message(role="assistant", content=answer))
-                break
+                session.messages.append(Message(role="assistant", content=message.content))
+                return message.content
             session.messages.append(message)
             for call in message.tool_calls:
                 if error is not None:  # the model's call could not be read: tell it why
                     observation = Observation(call.name, {}, f"error: {error}", False)
+                elif any(call is c for c in made_up):
+                    observation = _not_run(call)
                 else:
                     observation = toolset.call(call)
                 trace.append(observation)
@@ -167,14 +225,37 @@ class Assistant:
                         name=call.name,
                     )
                 )
-        timings["generate_s"] = time.perf_counter() - turn
-        citations: list[Citation] = []
-        if self.kb is not None:
-            check = time.perf_counter()
-            citations = self.kb.verify(answer)
-            timings["verify_s"] = time.perf_counter() - check
-        timings["total_s"] = time.perf_counter() - started
-        return Reply(answer, name, route, list(session.articles), citations, trace, timings)
+        raise AssertionError("unreachable: the last step always answers")
+
+    def _offered(
+        self, session: Session, toolset: Toolset | None, tool_choice: str | None
+    ) -> Toolset | None:
+        """The tools offered for the question just asked."""
+        if toolset is None or tool_choice is not None or self._template_shows_tools(toolset.specs):
+            return toolset  # a template with tool syntax: the model was trained to choose
+        # The assistant describes the tools itself, and small models read that text as
+        # something to talk about or to call whatever the question (SmolLM2 answered 你好
+        # with "I'm a math assistant"). Tools computing on the user's numbers could not be
+        # called with grounded arguments on a question holding none: they are left out.
+        if numbers_in(session.messages[-1].content) - TRIVIAL:
+            return toolset
+        kept = [t for t in toolset.tools.values() if not t.grounded]
+        if len(kept) == len(toolset.tools):
+            return toolset
+        key = tuple(t.name for t in kept)
+        if key not in self._subsets:
+            self._subsets[key] = Toolset(kept) if kept else None
+        return self._subsets[key]
+
+    def _grounded(self, call: ToolCall, session: Session) -> bool:
+        """Whether `call` computes on numbers of the conversation (for tools that must)."""
+        tool = self.toolset.tools.get(call.name) if self.toolset else None
+        if tool is None or not tool.grounded:
+            return True
+        known: set[float] = set()
+        for message in session.messages:
+            known |= numbers_in(message.content)
+        return grounded(call.arguments, known)
 
     def _choose(self, expert: str | None, text: str) -> tuple[str, str]:
         if expert == "auto":
@@ -208,15 +289,9 @@ class Assistant:
             messages=[Message(role="system", content=system), *session.messages], tools=tools
         )
         if tools and not self._template_shows_tools(tools):
-            # The template has no tool syntax: describe the tools and show one call, which
-            # small models need to produce a well-formed one.
+            # The template has no tool syntax: describe the tools in the system turn.
             specs = "\n".join(_signature(t) for t in tools)
             conversation.messages[0].content += "\n\n" + TOOLS_HEADER.format(specs=specs)
-            if any(t.name == "calculator" for t in tools):
-                conversation.messages[1:1] = [
-                    Message(role="user", content=EXAMPLE_QUESTION),
-                    Message(role="assistant", content=EXAMPLE_CALL),
-                ]
         return conversation
 
     def _template_shows_tools(self, tools: list[ToolSpec]) -> bool:
@@ -252,9 +327,15 @@ class Assistant:
         request = Request(prompt, name, self.sampling, stops)
         if on_text is not None:
             pieces = []
-            for piece in self.generator.stream(request):
-                pieces.append(piece)
-                on_text(piece)
+            stream = self.generator.stream(request)
+            try:
+                for piece in stream:
+                    pieces.append(piece)
+                    on_text(piece)
+            finally:  # closed at once: after a Ctrl-C here the generation stops too
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
             text = prefix + "".join(pieces)
         else:
             text = prefix + self.generator.run([request])[0].text
@@ -270,3 +351,19 @@ class Assistant:
         for call in message.tool_calls:
             call.id = call.id or f"call_{uuid.uuid4().hex[:8]}"
         return message, None
+
+
+def _keep_shown(session: Session, before: int, shown: str) -> None:
+    """After Ctrl-C stopped a reply: the question and the reply as far as it was shown stay
+    in the session (what the user saw is what the model sees next), the turn's tool steps
+    go; with nothing shown, the question goes too (no unanswered turn is left)."""
+    question = session.messages[before]
+    del session.messages[before:]
+    if shown.strip():
+        session.messages += [question, Message(role="assistant", content=shown.strip())]
+
+
+def _not_run(call: ToolCall) -> Observation:
+    numbers = ", ".join(f"{n:g}" for n in sorted(call_numbers(call.arguments)))
+    reason = f"not run: none of its numbers ({numbers}) is in the conversation"
+    return Observation(call.name, call.arguments, reason, False)

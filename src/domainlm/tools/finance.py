@@ -14,8 +14,10 @@ from domainlm.tools.calculator import FUNCTIONS, MAX_CHARS, CalculatorError, eva
 from domainlm.tools.registry import Tool, tool
 
 
-@tool
-def calculator(expression: Annotated[str, "Arithmetic, e.g. (1+0.05)**10*10000 or sqrt(2)"]) -> Any:
+@tool(grounded=True)
+def calculator(
+    expression: Annotated[str, "Arithmetic on the question's numbers, e.g. P*(1+r)**n or sqrt(x)"],
+) -> Any:
     """Evaluate an arithmetic expression: + - * / ** % //, parentheses, sqrt, log, ln, exp,
     abs, round, min, max, pow."""
     return evaluate(expression)
@@ -51,7 +53,7 @@ def _sympy(node: ast.AST, symbols: dict[str, Any]) -> Any:
     raise CalculatorError(f"not allowed in an equation: {ast.unparse(node)!r}")
 
 
-@tool
+@tool(grounded=True)
 def solve_equations(
     equations: Annotated[list[str], "Equations such as 'x + y = 10', 'x - y = 2'"],
     unknowns: Annotated[list[str] | None, "Variables to solve for (default: all)"] = None,
@@ -83,7 +85,7 @@ def solve_equations(
     ]
 
 
-@tool
+@tool(grounded=True)
 def normal_distribution(
     operation: Annotated[
         Literal["cdf", "inv_cdf", "pdf"], "cdf: P(X<=x); inv_cdf: x for a probability; pdf: density"
@@ -103,7 +105,7 @@ def normal_distribution(
     return dist.inv_cdf(value)
 
 
-@tool
+@tool(grounded=True)
 def statistics(
     values: Annotated[list[float], "The numbers"],
     measure: Annotated[

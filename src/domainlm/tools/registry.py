@@ -43,6 +43,9 @@ class Tool:
     parameters: dict[str, Any]
     function: Callable[..., Any]
     timeout: float = DEFAULT_TIMEOUT
+    #: It computes on numbers the user gives (a calculator): a call none of whose numbers
+    #: is in the conversation is not run (see `domainlm.tools.grounding`).
+    grounded: bool = False
 
     @property
     def spec(self) -> ToolSpec:
@@ -104,8 +107,10 @@ def tool(
     *,
     name: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    grounded: bool = False,
 ) -> Any:
-    """Make `function` a `Tool` (usable as `@tool` or `@tool(name=..., timeout=...)`)."""
+    """Make `function` a `Tool` (usable as `@tool` or `@tool(name=..., timeout=...)`);
+    `grounded=True` for tools that compute on the user's numbers."""
 
     def wrap(fn: Callable[..., Any]) -> Tool:
         tool_name = name or fn.__name__
@@ -136,7 +141,7 @@ def tool(
         }
         parameters["additionalProperties"] = False
         description = " ".join(doc.split("\n\n")[0].split())
-        return Tool(tool_name, description, parameters, fn, timeout)
+        return Tool(tool_name, description, parameters, fn, timeout, grounded)
 
     return wrap(function) if function is not None else wrap
 
