@@ -139,3 +139,80 @@ def test_mix_follows_the_weights_and_the_seed(tmp_path: Path) -> None:
         b.input_ids.tolist() for _, (_, b) in zip(range(3), plan.batches(start=2), strict=False)
     ]
     assert again == first[2:]
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_frozen_head_loss_matches_full_logits(softcap: float | None) -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (2, 9))
+    targets[0, :4] = -100
+    chunked = chunked_cross_entropy(head, hidden, targets, softcap=softcap, chunk=3)
+    logits = head(hidden)
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    full = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+    )
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-6)
+    (g_chunked,) = torch.autograd.grad(chunked * 0.5, hidden)
+    (g_full,) = torch.autograd.grad(full * 0.5, hidden)
+    assert torch.allclose(g_chunked, g_full, atol=1e-6)
+
+
+def _saved_bytes(loss_model: Any, batch: Any) -> tuple[int, list[tuple[int, ...]]]:
+    """Bytes a training forward keeps for backward (each storage once), and the shapes."""
+    seen: dict[int, int] = {}
+    shapes = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        seen.setdefault(storage.data_ptr(), storage.nbytes())
+        shapes.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_model(
+            input_ids=batch.input_ids, targets=batch.targets, position_ids=batch.position_ids
+        )
+    return sum(seen.values()), shapes
+
+
+def test_training_keeps_no_logits_and_no_dropout_copies(tokenizer: Any) -> None:
+    from domainlm.train.recipe import LoraSpec
+    from domainlm.train.setup import attach_lora
+
+    batch = collate(pack(_examples(tokenizer), 256), tokenizer.pad_token_id, True)
+    saved = {}
+    for dropout in (0.0, 0.1):
+        torch.manual_seed(0)
+        model = attach_lora(
+            build_tiny_model(tokenizer),
+            LoraSpec(r=4, alpha=8, dropout=dropout),
+            gradient_checkpointing=False,
+            quantized=False,
+            autocast=False,
+        )
+        saved[dropout], shapes = _saved_bytes(LossModel(model).train(), batch)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        assert not [s for s in shapes if s and s[-1] == vocab]  # no logits wait for backward
+    # Dropout on the adapters' input keeps nothing more for backward than no dropout.
+    assert saved[0.1] == saved[0.0]
+
+
+def test_folded_lora_dropout_drops_and_differentiates_like_dropout() -> None:
+    from domainlm.train.lora import _DropoutLinear, _mask
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    weight = torch.randn(4, 8, requires_grad=True)
+    out = _DropoutLinear.apply(x, weight, 0.5, 1234)
+    mask = _mask(x.detach(), 0.5, 1234)
+    assert 0 < int((mask == 0).sum()) < mask.numel()  # some inputs dropped, some kept
+    reference = torch.nn.functional.linear(x * mask, weight)
+    assert torch.allclose(out, reference)
+    upstream = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, weight), upstream)
+    expected = torch.autograd.grad(reference, (x, weight), upstream)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, expected, strict=True))

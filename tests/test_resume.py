@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from domainlm.expert import read_card
+from domainlm.expert import Expert, read_card
 from domainlm.train.recipe import load_recipe
 from domainlm.train.trainer import train
 from tests.train_helpers import QA, losses, write_qa, write_recipe
@@ -73,8 +74,8 @@ def test_resume_refuses_a_changed_recipe(tmp_path: Path, cli: object) -> None:
     path = write_recipe(tmp_path, optim={"max_steps": 4}, save_steps=2)
     result = _run("-c", KILLED_RUN, str(path), "3")
     assert result.returncode == -signal.SIGKILL
-    code, _, err = cli("train", path, "optim.lr=0.5", "--resume")  # type: ignore[operator]
-    assert code == 2 and "recipe changed" in err and "optim" in err
+    code, _, err = cli("train", path, "optim.batch_size=1", "--resume")  # type: ignore[operator]
+    assert code == 2 and "recipe changed since this run started (optim.batch_size)" in err
     code, _, err = cli("train", path)  # type: ignore[operator]
     assert code == 2 and "--resume" in err
 
@@ -207,6 +208,13 @@ with open(os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.json"), "w") as h
 """
 
 
+def _free_port() -> int:
+    # A fixed port collides with another test run on the same machine.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def test_two_processes_share_the_data_and_write_one_expert(tmp_path: Path) -> None:
     path = write_recipe(
         tmp_path, lora={"dropout": 0.0}, optim={"max_steps": 3, "batch_size": 1}, save_steps=3
@@ -214,7 +222,7 @@ def test_two_processes_share_the_data_and_write_one_expert(tmp_path: Path) -> No
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(DDP_RUN))
     result = _run(
-        "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29631",
+        "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
         str(script), str(path), str(tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -228,3 +236,79 @@ def test_two_processes_share_the_data_and_write_one_expert(tmp_path: Path) -> No
     # Two processes x 1 micro-batch make the same steps as one process x 2 micro-batches.
     single = train(load_recipe(path, ["optim.grad_accum=2", f"output_dir={tmp_path / 'one'}"]))
     assert losses(expert) == pytest.approx(losses(single), rel=1e-4)
+
+
+def test_resume_with_more_steps_trains_a_finished_expert_further(tmp_path: Path, cli: Any) -> None:
+    dev = write_qa(tmp_path / "dev.jsonl", QA[:3])
+    path = write_recipe(
+        tmp_path,
+        optim={"max_steps": 4},
+        eval={"dev": str(dev), "eval_steps": 2, "samples": 0},
+        save_steps=2,
+    )
+    expert = train(load_recipe(path))
+    first = read_card(expert)
+    first_rows = losses(expert)
+
+    # The same recipe: nothing to do. A change without more steps, or to what the adapter
+    # is: refused, saying what may change.
+    code, _, err = cli("train", path, "--resume")
+    assert code == 0 and "already trained" in err
+    code, _, err = cli("train", path, "optim.lr=5e-4", "--resume")
+    assert code == 2 and "already trained for 4 steps" in err and "larger optim.max_steps" in err
+    code, _, err = cli("train", path, "optim.max_steps=8", "lora.r=4", "--resume")
+    assert code == 2 and "(lora.r)" in err and "--from" in err and "optim.lr" in err
+    code, _, err = cli("train", path, "optim.max_steps=8")
+    assert code == 2 and "already holds a trained expert" in err and "--resume" in err
+    assert read_card(expert) == first and not (tmp_path / "experts" / "law.partial").exists()
+
+    # More steps with a new lr and schedule: steps 5-8 continue from step 4, while the
+    # old expert stays in place and usable; interrupted at step 6, --resume finishes.
+    more = ["optim.max_steps=8", "optim.lr=5e-4", "optim.schedule=constant"]
+    during: list[tuple[int, float, int]] = []
+
+    def watch(step: int, row: dict[str, Any]) -> None:
+        during.append((step, row["lr"], Expert.open(expert).card.metrics["steps"]))  # type: ignore[arg-type]
+        if step == 6 and len(during) == 2:
+            raise KeyboardInterrupt  # a second Ctrl-C: the step-6 checkpoint is saved
+
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(path, more), resume=True, on_step=watch)
+    assert read_card(expert) == first
+    train(load_recipe(path, more), resume=True, on_step=watch)
+    assert during == [(5, 5e-4, 4), (6, 5e-4, 4), (7, 5e-4, 4), (8, 5e-4, 4)]
+    assert not (tmp_path / "experts" / "law.partial").exists()
+
+    card = read_card(expert)
+    assert card.metrics["steps"] == 8 and card.recipe["optim"]["lr"] == 5e-4
+    runs = [(r.first_step, r.last_step, r.lr, r.schedule, r.max_steps) for r in card.runs]
+    assert runs == [(1, 4, 1e-3, "cosine", 4), (5, 8, 5e-4, "constant", 8)]
+    assert card.runs[0].eval_loss == first.metrics["eval_loss"]
+    assert card.runs[0].datasets == card.runs[1].datasets == first.datasets
+    assert losses(expert)[:4] == first_rows and len(losses(expert)) == 8
+    assert (expert / "checkpoints" / "step-0000008").is_dir()
+
+
+def test_from_starts_a_new_expert_from_another_ones_adapter(tmp_path: Path, cli: Any) -> None:
+    path = write_recipe(tmp_path, optim={"max_steps": 2}, save_steps=2)
+    source = train(load_recipe(path))
+    more = write_qa(tmp_path / "more.jsonl", QA[4:])
+    data = f"datasets=[{{path: {more}}}]"
+    code, _, err = cli("train", path, "name=law2", data, "lora.r=4", "--from", source)
+    assert code == 2 and "another shape (lora.r 8 there, 4 here)" in err
+
+    # New data, an lr so small that the adapter cannot move: it is the source's.
+    code, out, err = cli("train", path, "name=law2", data, "optim.lr=1e-12", "--from", source)
+    assert code == 0, err
+    new = Path(out.strip())
+    a = load_file(source / "adapter_model.safetensors")
+    b = load_file(new / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-9) for k in a)
+    card = read_card(new)
+    assert [(r.expert, r.first_step, r.last_step) for r in card.runs] == [
+        ("law", 1, 2),
+        ("law2", 1, 2),
+    ]
+    assert card.runs[1].started_from == f"law ({source})"
+    assert card.runs[0].datasets[0].content_hash != card.runs[1].datasets[0].content_hash
+    assert card.recipe["from_expert"] == str(source)

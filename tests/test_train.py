@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +15,14 @@ import yaml
 
 from domainlm.chat.conversation import Conversation
 from domainlm.chat.formats import IGNORE_INDEX, get_format
+from domainlm.engine.adapters import AdapterPool
+from domainlm.engine.generation import Generator, Request, Sampling
+from domainlm.engine.setup import device_dtype
 from domainlm.expert import read_card
 from domainlm.models import build_tiny_model
+from domainlm.models.base import load_base
 from domainlm.train.batching import file_hash
+from domainlm.train.export import merge_expert
 from domainlm.train.recipe import load_recipe
 from domainlm.train.samples import generate
 from domainlm.train.setup import lr_factor
@@ -31,13 +39,21 @@ def test_six_step_run_writes_a_complete_expert(
     tmp_path: Path, cli: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dev = write_qa(tmp_path / "dev.jsonl", QA[:3])
-    recipe = write_recipe(
+    written = write_recipe(
         tmp_path, eval={"dev": str(dev), "eval_steps": 2, "samples": 2}, description="law Q&A"
     )
+    # The recipe in its own folder, its paths relative to it (recipes/../train.jsonl).
+    recipe = tmp_path / "recipes" / "law.yaml"
+    recipe.parent.mkdir()
+    text = yaml.safe_load(written.read_text(encoding="utf-8"))
+    text["datasets"] = [{"path": "../train.jsonl"}]
+    text["eval"]["dev"] = "../dev.jsonl"
+    text["output_dir"] = "../experts"
+    recipe.write_text(yaml.safe_dump(text, allow_unicode=True), encoding="utf-8")
     expert = tmp_path / "experts" / "law"
     seen_during_samples = []
 
-    def watched(*args: Any) -> str:
+    def watched(*args: Any) -> Any:
         seen_during_samples.append(expert.exists())
         return generate(*args)
 
@@ -45,8 +61,9 @@ def test_six_step_run_writes_a_complete_expert(
     code, out, err = cli("train", recipe)
     assert code == 0, err
     assert out.strip() == str(expert)
-    # The expert appears whole at the end, never while its samples are being written.
-    assert seen_during_samples == [False] * 4
+    # The expert appears whole at the end, never while its samples are being written;
+    # both prompts, before and after, are answered in one batch.
+    assert seen_during_samples == [False]
     assert not (tmp_path / "experts" / "law.partial").exists()
     assert {p.name for p in expert.iterdir()} == {
         "adapter_config.json",
@@ -78,6 +95,13 @@ def test_six_step_run_writes_a_complete_expert(
     assert card.base.model == "tiny" and card.base.chat_format == "chatglm3"
     assert card.base.content_hash.startswith("sha256:")
     assert card.datasets[0].content_hash == file_hash(tmp_path / "train.jsonl")
+    # Paths in the card: absolute and normalised.
+    assert card.datasets[0].path == str(tmp_path / "train.jsonl")
+    assert card.recipe["eval"]["dev"] == str(dev)
+    assert card.recipe["output_dir"] == str(tmp_path / "experts")
+    assert [(r.expert, r.first_step, r.last_step, r.lr) for r in card.runs] == [("law", 1, 6, 1e-3)]
+    assert card.runs[0].train_loss == rows[-1]["loss"]
+    assert card.runs[0].eval_loss == rows[-1]["eval_loss"]
     assert card.datasets[0].examples == len(QA)
     assert card.metrics["steps"] == 6
     best = min(row["eval_loss"] for row in rows if "eval_loss" in row)
@@ -151,8 +175,65 @@ def test_memorises_eight_answers_and_trains_only_the_answers(
     assert per_token[trained].mean() < 0.1
     prompt_part = per_token[~trained][3:]  # after [gMASK]sop<|user|>
     assert prompt_part.mean() > 2.0
-    prompt = Conversation(messages=conversation.messages[:1])
-    assert generate(model, chat, prompt, "cpu") == answer
+    prompt = chat.render_prompt(Conversation(messages=conversation.messages[:1]))
+    pool = AdapterPool(load_base("tiny"))
+    pool.add(expert)
+    (reply,) = Generator(pool).run([Request(prompt, "law", stop=chat.stop_strings)])
+    assert reply.text.strip() == answer
+
+
+def test_samples_are_the_saved_adapters_answers_as_the_engine_gives_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev = write_qa(tmp_path / "dev.jsonl", QA[:2])
+    path = write_recipe(
+        tmp_path,
+        lora={"target_modules": ALL_AND_HEAD},
+        optim={"max_steps": 4, "batch_size": 8, "lr": 1e-2, "schedule": "constant"},
+        eval={"dev": str(dev), "eval_steps": 2, "samples": 2},
+        save_steps=4,
+    )
+    eval_losses = iter([1.0, 2.0])  # step 2 is the best: its adapter becomes the expert
+    monkeypatch.setattr("domainlm.train.trainer.evaluate", lambda run: next(eval_losses))
+    batches: list[int] = []
+    engine_run = Generator.run
+
+    def counted(self: Generator, requests: list[Request]) -> Any:
+        batches.append(len(requests))
+        return engine_run(self, requests)
+
+    monkeypatch.setattr(Generator, "run", counted)
+    expert = train(load_recipe(path))
+    assert batches == [4]  # two prompts, before and after, one batch
+    card = read_card(expert)
+    assert card.metrics["adapter_step"] == 2 and card.metrics["steps"] == 4
+
+    # The samples are what the engine answers with the expert as saved (`ask` runs the
+    # base in the same dtype as training: bf16 where the CPU has it).
+    pool = AdapterPool(load_base("tiny", dtype=device_dtype()[1]))
+    pool.add(expert)
+    chat = get_format("chatglm3", pool.base.tokenizer)
+    prompts = [
+        chat.render_prompt(
+            Conversation.model_validate({"messages": [{"role": "user", "content": q}]})
+        )
+        for q, _ in QA[:2]
+    ]
+    requests = [
+        Request(p, who, Sampling(max_new_tokens=96), chat.stop_strings)
+        for who in ("base", "law")
+        for p in prompts
+    ]
+    answers = [c.text.strip() for c in engine_run(Generator(pool), requests)]
+    assert [s["base"] for s in card.samples] + [s["expert"] for s in card.samples] == answers
+    # ... and not what the last step's adapter answers.
+    last = tmp_path / "last"
+    shutil.copytree(expert, last, ignore=shutil.ignore_patterns("checkpoints"))
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copyfile(expert / "checkpoints" / "step-0000004" / name, last / name)
+    pool.add(last, name="last")
+    requests = [Request(p, "last", Sampling(max_new_tokens=96), chat.stop_strings) for p in prompts]
+    assert [c.text.strip() for c in engine_run(Generator(pool), requests)] != answers[2:]
 
 
 def test_continued_pretraining_with_replay(tmp_path: Path) -> None:
@@ -197,6 +278,20 @@ def _cli_error(cli: Any, *args: Any) -> str:
 
 def test_user_mistakes_get_one_line_errors(tmp_path: Path, cli: Any) -> None:
     recipe = write_recipe(tmp_path)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x", encoding="utf-8")
+    assert "is a folder; pass a recipe YAML file" in _cli_error(cli, "train", tmp_path)
+    assert f"output_dir: {a_file} is a file, not a folder" in _cli_error(
+        cli, "train", recipe, f"output_dir={a_file}"
+    )
+    assert f"{a_file} is a file, not a folder" in _cli_error(
+        cli, "train", recipe, f"output_dir={a_file}/experts"
+    )
+    assert "is a folder, expected a data file" in _cli_error(
+        cli, "train", recipe, f"datasets=[{{path: {tmp_path}}}]"
+    )
+    assert "eval.dev" in _cli_error(cli, "train", recipe, f"eval.dev={tmp_path}")
+    assert "not an expert" in _cli_error(cli, "train", recipe, "--from", tmp_path)
     csv = tmp_path / "qa.csv"
     csv.write_text("q,a\n问,答\n", encoding="utf-8")
     assert "convert it first" in _cli_error(cli, "train", recipe, f"datasets=[{{path: {csv}}}]")
@@ -208,6 +303,45 @@ def test_user_mistakes_get_one_line_errors(tmp_path: Path, cli: Any) -> None:
     assert cli("train", recipe, "-q")[0] == 0
     assert "already holds" in _cli_error(cli, "train", recipe)
     assert "not an expert" in _cli_error(cli, "export", tmp_path, "--merge", tmp_path / "m")
+    expert = tmp_path / "experts" / "law"
+    assert f"cannot create {a_file}/m" in _cli_error(cli, "export", expert, "--merge", a_file / "m")
+
+
+def test_export_keeps_the_bf16_base_dtype_and_the_usual_modes(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    base = tmp_path / "base-bf16"
+    build_tiny_model(tokenizer).to(torch.bfloat16).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    path = write_recipe(
+        tmp_path, base={"path": str(base), "dtype": "bf16"}, optim={"max_steps": 2}, save_steps=2
+    )
+    expert = train(load_recipe(path))
+    merged = merge_expert(expert, tmp_path / "out" / "merged")
+    from safetensors import safe_open
+
+    with safe_open(str(merged / "model.safetensors"), "pt") as weights:
+        dtypes = {weights.get_slice(k).get_dtype() for k in weights.keys()}  # noqa: SIM118
+    assert dtypes == {"BF16"}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(merged.stat().st_mode) == 0o777 & ~mask
+    for file in merged.iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~mask, file.name
+    assert not [p for p in merged.parent.iterdir() if p.name.startswith(".")]
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = get_format("chatglm3", tokenizer).render_prompt(
+        Conversation.model_validate({"messages": [{"role": "user", "content": QA[0][0]}]})
+    )
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(expert)
+    )
+    exported = AutoModelForCausalLM.from_pretrained(merged)
+    assert next(exported.parameters()).dtype == torch.bfloat16
+    assert torch.allclose(_logits(exported, ids), _logits(reference, ids), atol=0.05)
 
 
 def test_manifest_trains_each_expert_once(

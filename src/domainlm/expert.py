@@ -57,6 +57,30 @@ class DatasetRef(BaseModel):
     weight: float
 
 
+class RunRecord(BaseModel):
+    """One training run that shaped an expert's adapter: its first run, each continuation
+    (`train RECIPE --resume` with more steps or a new schedule), and, for an expert started
+    from another one's adapter (`train --from`), that expert's runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expert: str = Field(description="The expert this run trained (whose step numbers these are).")
+    first_step: int = Field(description="First optimiser step of the run (1-based).")
+    last_step: int = Field(description="Last optimiser step of the run.")
+    stage: str
+    lr: float
+    schedule: str
+    warmup_steps: int
+    max_steps: int | None = None
+    epochs: float | None = None
+    datasets: list[DatasetRef] = Field(default_factory=list)
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    started_from: str | None = Field(
+        None, description="The expert whose adapter the run began with (`--from`), if any."
+    )
+
+
 class ExpertCard(BaseModel):
     """expert.yaml: what an expert is, what it was trained from, and how well it did."""
 
@@ -71,6 +95,9 @@ class ExpertCard(BaseModel):
     metrics: dict[str, float | int | None] = Field(default_factory=dict)
     recipe: dict[str, Any] = Field(default_factory=dict)
     samples: list[dict[str, str]] = Field(default_factory=list)
+    runs: list[RunRecord] = Field(
+        default_factory=list, description="Every run that trained the adapter, oldest first."
+    )
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     domainlm_version: str = ""
 

@@ -5,12 +5,15 @@ A checkpoint is a folder `step-0000200/` holding the adapter (peft's own files) 
 `trainer_state.pt` (optimizer, scheduler, RNG states, counters). It is assembled under a
 temporary name and renamed into place (`publish_folder`, which the finished expert goes
 through too), so a run killed mid-save leaves the previous checkpoint intact and never a
-half-written one.
+half-written one. A continued expert replaces the old one the same way: both folders
+exchange names in one step where the OS can (Linux), and the old one is then removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import random
 import re
@@ -61,19 +64,44 @@ def save_checkpoint(
 def publish_folder(staging: Path, final: Path) -> None:
     """Make the folder `staging` appear as `final` in one rename, its files on disk first.
 
-    Before the rename `final` is as it was; after it, complete. Files in sub-folders are
-    not synced again (checkpoints were when they were written).
-
-    Raises:
-        OSError: if `final` exists and is not empty (nothing is replaced here).
+    Before the rename `final` is as it was; after it, complete. A `final` that exists
+    (an expert being replaced by its continuation) trades places with `staging` and is
+    then removed. Files in sub-folders are not synced again (checkpoints were when they
+    were written).
     """
     for path in staging.iterdir():
         if path.is_file():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
     _fsync_folder(staging)
+    if final.exists() and any(final.iterdir()):
+        _exchange(staging, final)
+        _fsync_folder(final.parent)
+        shutil.rmtree(staging, ignore_errors=True)  # now the old `final`
+        return
     os.replace(staging, final)
     _fsync_folder(final.parent)  # the rename itself
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap the names of folders `a` and `b`: atomically with Linux's renameat2, else in
+    two renames (with a moment in which `b` is absent)."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name, use_errno=True) if name else None
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+        if result == 0:
+            return
+        # EINVAL/ENOSYS: the file system or kernel cannot exchange; rename twice instead.
+    aside = b.with_name(f".{b.name}.old")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(b, aside)
+    os.replace(a, b)
+    os.replace(aside, a)
 
 
 def _fsync_folder(path: Path) -> None:

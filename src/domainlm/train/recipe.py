@@ -2,7 +2,11 @@
 
 Every section is a pydantic model with a description per field; unknown keys are errors,
 and each error names the file and the dotted field (`recipe.yaml: optim.lr: ...`).
-Relative dataset paths are resolved against the recipe's folder.
+
+Paths (datasets, eval.dev, output_dir, a base folder, from_expert) follow one rule: a
+path written in a YAML file is relative to that file's folder; a path given on the command
+line is relative to the working directory. Either way the recipe holds it absolute and
+normalised, and so does every card and checkpoint made from it.
 """
 
 from __future__ import annotations
@@ -22,10 +26,32 @@ from pydantic import (
 
 from domainlm.errors import DomainLMError
 from domainlm.expert import PARTIAL_SUFFIX
+from domainlm.models.base import DEFAULT
+from domainlm.models.tokenizer import TINY
+
+#: Where a recipe holds paths ("*": every item of a list).
+PATH_FIELDS = (
+    ("datasets", "*", "path"),
+    ("eval", "dev"),
+    ("output_dir",),
+    ("from_expert",),
+    ("base", "path"),
+)
+#: base.path values that name a model rather than a path.
+MODEL_NAMES = (DEFAULT, TINY)
+#: Keys of which a recipe gives exactly one: setting one (by an override, or in a manifest
+#: entry over its defaults) drops the other.
+ONE_OF = {"optim": ("max_steps", "epochs")}
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _normal(path: Path | None) -> Path | None:
+    """Absolute and normalised (a recipe built in code has paths relative to the working
+    directory; `load_recipe` has made the others absolute already)."""
+    return None if path is None else path.expanduser().resolve()
 
 
 class BaseModelSpec(_Section):
@@ -46,6 +72,11 @@ class BaseModelSpec(_Section):
         "auto", description="Attention kernel; auto picks the fastest one for the device."
     )
 
+    @field_validator("path")
+    @classmethod
+    def _normal_path(cls, path: str) -> str:
+        return path if path in MODEL_NAMES or not path.strip() else str(_normal(Path(path)))
+
 
 class DatasetSpec(_Section):
     """One training dataset and its share of the mix."""
@@ -53,6 +84,8 @@ class DatasetSpec(_Section):
     path: Path = Field(description="Conversation JSONL (sft) or JSONL/text with raw text (pt).")
     weight: float = Field(1.0, gt=0, description="Relative sampling weight in the mix.")
     text_field: str = Field("text", description="Field holding raw text, for stage pt.")
+
+    _normal_path = field_validator("path")(_normal)
 
 
 class LoraSpec(_Section):
@@ -65,7 +98,7 @@ class LoraSpec(_Section):
         ge=0,
         lt=1,
         description="Dropout on the adapter input (0.05-0.1 regularises small data sets; "
-        "it costs about a third of a CPU step).",
+        "it keeps no extra memory, as the mask is drawn again in backward, but costs time).",
     )
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or all-linear."
@@ -110,6 +143,8 @@ class EvalSpec(_Section):
     eval_steps: int = Field(100, gt=0, description="Evaluate every this many steps.")
     samples: int = Field(3, ge=0, description="Dev prompts answered by base and expert at the end.")
 
+    _normal_path = field_validator("dev")(_normal)
+
 
 class Recipe(_Section):
     """Everything needed to train one expert."""
@@ -130,6 +165,13 @@ class Recipe(_Section):
     system_prompt: str | None = Field(
         None, description="System prompt for conversations without one."
     )
+    from_expert: Path | None = Field(
+        None,
+        description="Start from this expert's adapter instead of a fresh one (same base and "
+        "LoRA shape; data, stage and optimiser may differ). `train --from EXPERT` sets it.",
+    )
+
+    _normal_paths = field_validator("output_dir", "from_expert")(_normal)
 
     @field_validator("name")
     @classmethod
@@ -139,26 +181,90 @@ class Recipe(_Section):
         return name
 
 
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Set `a.b.c=value` in nested `data`; the value is read as YAML (`1e-4`, `true`, `[q, v]`)."""
+def apply_override(data: dict[str, Any], override: str) -> tuple[str, ...]:
+    """Set `a.b.c=value` in nested `data` (`datasets.0.path=...` indexes a list); the value
+    is read as YAML (`1e-4`, `true`, `[q, v]`). Returns the key's parts."""
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise DomainLMError(f"override {override!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
-    parts = key.strip().split(".")
-    target = data
-    for i, part in enumerate(parts[:-1]):
-        node = target.get(part) if isinstance(target, dict) else None
-        if node is None:
-            node = target[part] = {}
-        if not isinstance(node, dict):
-            raise DomainLMError(
-                f"override {override!r}: {'.'.join(parts[: i + 1])} is not a section"
-            )
-        target = node
+    parts = tuple(part.strip() for part in key.strip().split("."))
     try:
-        target[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise DomainLMError(f"override {override!r}: value is not valid YAML ({exc})") from None
+        reason = " ".join(str(exc).split())
+        raise DomainLMError(f"override {override!r}: value is not valid YAML ({reason})") from None
+    target: Any = data
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        if isinstance(target, list):
+            if not part.isdigit() or int(part) >= len(target):
+                raise DomainLMError(
+                    f"override {override!r}: {where}: no item {part} "
+                    f"(the list has {len(target)}, counted from 0)"
+                )
+            index: int | str = int(part)
+        elif isinstance(target, dict):
+            index = part
+        else:
+            raise DomainLMError(f"override {override!r}: {'.'.join(parts[:i])} is not a section")
+        if i == len(parts) - 1:
+            target[index] = value
+        else:
+            if isinstance(target, dict) and target.get(part) is None:
+                target[part] = {}
+            target = target[index]
+    return parts
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    """Overrides in order; their paths are relative to the working directory, and setting
+    one key of a `ONE_OF` pair drops the other unless it is overridden too."""
+    given = []
+    for override in overrides:
+        parts = apply_override(data, override)
+        _resolve_paths(data, Path.cwd(), under=parts)
+        given.append(parts)
+    for section, keys in ONE_OF.items():
+        node = data.get(section)
+        if not isinstance(node, dict):
+            continue
+        for key in keys:
+            if (section, key) in given and node.get(key) is not None:
+                for other in keys:
+                    if other != key and (section, other) not in given:
+                        node.pop(other, None)
+
+
+def _resolve_paths(data: Any, folder: Path, under: tuple[str, ...] = ()) -> None:
+    """Make the `PATH_FIELDS` in the recipe dict `data` (those at or below `under`)
+    absolute against `folder`, normalised. Values of the wrong type are left for validation."""
+
+    def visit(node: Any, pattern: tuple[str, ...], at: tuple[str, ...]) -> None:
+        key, rest = pattern[0], pattern[1:]
+        items: list[tuple[Any, Any]]
+        if key == "*":
+            items = list(enumerate(node)) if isinstance(node, list) else []
+        else:
+            items = [(key, node[key])] if isinstance(node, dict) and key in node else []
+        for name, child in items:
+            here = (*at, str(name))
+            if rest:
+                visit(child, rest, here)
+            elif here[: len(under)] == under:
+                node[name] = _absolute(
+                    child, folder, model=pattern == ("path",) and at == ("base",)
+                )
+
+    for pattern in PATH_FIELDS:
+        visit(data, pattern, ())
+
+
+def _absolute(value: Any, folder: Path, model: bool = False) -> Any:
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip() or (model and value in MODEL_NAMES):
+        return value
+    return str((folder / Path(value).expanduser()).resolve())
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -166,10 +272,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DomainLMError(f"{path}: no such recipe") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DomainLMError(f"{path}: not valid YAML: {exc}") from None
+    except IsADirectoryError:
+        raise DomainLMError(
+            f"{path}: is a folder; pass a recipe YAML file (e.g. recipes/tiny_sft.yaml)"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DomainLMError(f"{path}: not a YAML recipe (not UTF-8 text: {exc.reason})") from None
+    except OSError as exc:
+        raise DomainLMError(f"{path}: cannot read the recipe: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        reason = " ".join(str(exc).split())
+        raise DomainLMError(f"{path}: not valid YAML: {reason}") from None
     if not isinstance(data, dict):
-        raise DomainLMError(f"{path}: a recipe is a YAML mapping of sections")
+        found = "empty" if data is None else f"a YAML {type(data).__name__}"
+        raise DomainLMError(
+            f"{path}: a recipe is a YAML mapping of sections (name, base, datasets, optim, "
+            f"output_dir …); this file is {found}"
+        )
     return data
 
 
@@ -181,7 +300,7 @@ def _validate(data: dict[str, Any], path: Path, where: str = "") -> Recipe:
         field = ".".join(str(p) for p in error["loc"]) or "<recipe>"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise DomainLMError(f"{path}: {where}{field}: {error['msg']}{more}") from None
-    return _resolve_paths(recipe, path.parent)
+    return recipe
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -192,16 +311,21 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """
     path = Path(path)
     data = _read_yaml(path)
-    for override in overrides or []:
-        apply_override(data, override)
+    _resolve_paths(data, path.resolve().parent)
+    _apply_overrides(data, overrides or [])
     return _validate(data, path)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, section by section; a `ONE_OF` key set in `extra` drops the
+    others from `base`."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            lower = merged[key]
+            if value.keys() & set(ONE_OF.get(key, ())):
+                lower = {k: v for k, v in lower.items() if k not in ONE_OF[key]}
+            merged[key] = _merge(lower, value)
         else:
             merged[key] = value
     return merged
@@ -237,19 +361,10 @@ def load_manifest(path: str | Path, overrides: list[str] | None = None) -> list[
         if not isinstance(entry, dict):
             raise DomainLMError(f"{path}: experts[{i}]: expected a mapping of recipe fields")
         merged = _merge(defaults, entry)
-        for override in overrides or []:
-            apply_override(merged, override)
+        _resolve_paths(merged, path.resolve().parent)
+        _apply_overrides(merged, overrides or [])
         recipes.append(_validate(merged, path, f"experts[{i}] ({entry.get('name', '?')}): "))
     names = [r.name for r in recipes]
     if len(set(names)) != len(names):
         raise DomainLMError(f"{path}: experts: names must be unique")
     return recipes
-
-
-def _resolve_paths(recipe: Recipe, folder: Path) -> Recipe:
-    for dataset in recipe.datasets:
-        if not dataset.path.is_absolute():
-            dataset.path = folder / dataset.path
-    if recipe.eval.dev is not None and not recipe.eval.dev.is_absolute():
-        recipe.eval.dev = folder / recipe.eval.dev
-    return recipe

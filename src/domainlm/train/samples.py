@@ -1,19 +1,25 @@
 """Before/after samples: a few dev prompts answered by the base and by the new expert.
 
 This is the check ChatGLM3's fine-tuning tutorial does by hand after training: the same
-question to the model with the adapter off and on, side by side.
+question to the model with the adapter off and on, side by side. The answers come from
+the engine's generator, as `ask` would give them: the saved adapter (the best by eval
+loss), every prompt before and after in one batch, with the KV cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from domainlm.chat.conversation import Conversation
+from domainlm.engine.adapters import BASE, AdapterPool
+from domainlm.engine.generation import Completion, Generator, Request, Sampling
+from domainlm.train.setup import set_attention
 
 if TYPE_CHECKING:
     from domainlm.train.trainer import Run
@@ -29,54 +35,46 @@ def _prompt(conversation: Conversation) -> Conversation | None:
     return None
 
 
-def generate(model: Any, chat_format: Any, prompt: Conversation, device: Any) -> str:
-    """Greedy reply of `model` to `prompt`, cut at the format's stop strings."""
-    ids = torch.tensor([chat_format.render_prompt(prompt)], device=device)
-    tokenizer = chat_format.tokenizer
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=MAX_NEW_TOKENS,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    text = chat_format.decode(out[0, ids.shape[1] :].tolist())
-    return chat_format.cut_at_stop(text).strip()
+def generate(generator: Generator, requests: list[Request]) -> list[Completion]:
+    """The completions of `requests`, batched (one call, so Ctrl-C is checked around it)."""
+    return generator.run(requests)
 
 
 def before_after(
-    run: Run, console: Console, stop: Callable[[], bool] | None = None
+    run: Run, adapter: Path, console: Console, stop: Callable[[], bool] | None = None
 ) -> list[dict[str, str]]:
-    """Answers of base and expert to the first `eval.samples` dev prompts, printed as a table.
+    """Answers of base and expert (the adapter in the expert folder `adapter`) to the first
+    `eval.samples` dev prompts, printed as a table. The run's model is done training: its
+    LoRA layers are taken out and the engine loads the saved adapter instead.
 
-    `stop` is asked before each prompt; when it says so, the rows so far are returned.
+    Returns no rows when `stop` says so before the answers are generated.
     """
-    model = run.accelerator.unwrap_model(run.loss_model).model
-    device = run.accelerator.device
-    rows = []
-    was_training = model.training
-    model.eval()
     prompts = [p for p in map(_prompt, run.dev_conversations) if p is not None]
     prompts = prompts[: run.recipe.eval.samples]
-    if prompts:
-        console.print(f"before/after samples: {len(prompts)} dev prompts …")
-    for prompt in prompts:
-        if stop is not None and stop():
-            break
-        with run.accelerator.autocast(), model.disable_adapter():
-            before = generate(model, run.chat_format, prompt, device)
-        with run.accelerator.autocast():
-            after = generate(model, run.chat_format, prompt, device)
-        question = prompt.messages[-1].content or ""
-        rows.append({"prompt": question, "base": before, "expert": after})
-    model.train(was_training)
-    if rows and len(rows) == len(prompts):
-        table = Table(title="before / after", show_lines=True)
-        for column in ("prompt", "base", "expert"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(row["prompt"], row["base"], row["expert"])
-        console.print(table)
+    if not prompts or (stop is not None and stop()):
+        return []
+    console.print(f"before/after samples: {len(prompts)} dev prompts …")
+    peft_model = run.accelerator.unwrap_model(run.loss_model).model
+    model = peft_model.unload().eval()  # the base, without the training adapter
+    set_attention(model, run.inference_attention)
+    pool = AdapterPool(replace(run.base, model=model))
+    name = run.recipe.name
+    pool.add(adapter, name=name)
+    sampling = Sampling(max_new_tokens=MAX_NEW_TOKENS)
+    stops = run.chat_format.stop_strings
+    ids = [run.chat_format.render_prompt(p) for p in prompts]
+    requests = [Request(p, who, sampling, stops) for who in (BASE, name) for p in ids]
+    answers = [c.text.strip() for c in generate(Generator(pool), requests)]
+    rows = [
+        {"prompt": prompt.messages[-1].content or "", "base": before, "expert": after}
+        for prompt, before, after in zip(
+            prompts, answers[: len(prompts)], answers[len(prompts) :], strict=True
+        )
+    ]
+    table = Table(title="before / after", show_lines=True)
+    for column in ("prompt", "base", "expert"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["prompt"], row["base"], row["expert"])
+    console.print(table)
     return rows

@@ -6,10 +6,12 @@ In: a `Recipe`. Out: the pieces `trainer.train` puts together.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +27,7 @@ from domainlm.train.batching import (
     tokenize_pt,
     tokenize_sft,
 )
+from domainlm.train.lora import fold_dropout
 from domainlm.train.recipe import LoraSpec, OptimSpec, Recipe
 
 
@@ -117,10 +120,16 @@ def load_model(recipe: Recipe, precision: Precision, device: str) -> BaseModel:
     )
     if base.tokenizer.pad_token_id is None:
         base.tokenizer.pad_token = base.tokenizer.eos_token
-    attention = attention_for(spec.attention, device, recipe.optim.max_seq_len)
-    if attention is not None and hasattr(base.model, "set_attn_implementation"):
-        base.model.set_attn_implementation(attention)
     return base
+
+
+def set_attention(model: Any, attention: str | None) -> str | None:
+    """Switch `model` to the attention kernel `attention` (None: leave it); returns the
+    one it had, which inference (the engine) uses."""
+    before = getattr(model.config, "_attn_implementation", None)
+    if attention is not None and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(attention)
+    return before
 
 
 def _bnb_config(precision: Precision, device: str) -> Any:
@@ -168,6 +177,7 @@ def attach_lora(
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise DomainLMError(f"lora.target_modules: {exc}") from None
+    fold_dropout(peft_model)  # the adapters' input dropout, recomputed instead of stored
     if autocast:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -182,8 +192,7 @@ def load_datasets(recipe: Recipe, tokenizer: Any, chat_format: ChatFormat) -> li
     datasets = []
     max_len = recipe.optim.max_seq_len
     for spec in recipe.datasets:
-        if not spec.path.is_file():
-            raise DomainLMError(f"datasets: {spec.path}: no such file")
+        _check_file("datasets", spec.path)
         truncated = 0
         if recipe.stage == "sft":
             examples, truncated = tokenize_sft(
@@ -197,14 +206,20 @@ def load_datasets(recipe: Recipe, tokenizer: Any, chat_format: ChatFormat) -> li
     return datasets
 
 
+def _check_file(field: str, path: Path) -> None:
+    if path.is_dir():
+        raise DomainLMError(f"{field}: {path}: is a folder, expected a data file")
+    if not path.is_file():
+        raise DomainLMError(f"{field}: {path}: no such file")
+
+
 def load_dev(
     recipe: Recipe, tokenizer: Any, chat_format: ChatFormat
 ) -> tuple[list[Rendered], list[Any]]:
     """Dev examples (rendered) and the dev conversations (for before/after samples)."""
     if recipe.eval.dev is None:
         return [], []
-    if not recipe.eval.dev.is_file():
-        raise DomainLMError(f"eval.dev: {recipe.eval.dev}: no such file")
+    _check_file("eval.dev", recipe.eval.dev)
     max_len = recipe.optim.max_seq_len
     if recipe.stage == "pt":
         return tokenize_pt(recipe.eval.dev, tokenizer, recipe.datasets[0].text_field, max_len), []
@@ -232,15 +247,66 @@ def lr_factor(step: int, spec: OptimSpec, total_steps: int) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: Any, spec: OptimSpec, total_steps: int) -> tuple[Any, Any]:
+def make_optimizer(model: Any, spec: OptimSpec) -> Any:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise DomainLMError("lora.target_modules matched no layer: nothing to train")
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, spec, total_steps)
-    )
-    return optimizer, scheduler
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def make_scheduler(optimizer: Any, spec: OptimSpec, steps: int) -> Any:
+    """The LR schedule of a run of `steps` optimiser steps (counted from the run's start)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, spec, steps))
+
+
+def start_from_expert(model: Any, folder: Path, base: BaseModel) -> tuple[list[Any], str]:
+    """Load the adapter of the expert in `folder` into `model` (its fresh LoRA adapter
+    must have the same shape); returns that expert's runs (for the new card) and a name
+    for it.
+
+    Raises:
+        DomainLMError: `folder` is not an expert, was trained on another base, or its
+            adapter has another shape (lora.r, lora.alpha, lora.target_modules).
+    """
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from domainlm.expert import ADAPTER_FILES, check_expert
+    from domainlm.train.runs import card_runs
+
+    card = check_expert(folder)
+    if card.base.content_hash != base.content_hash:
+        raise DomainLMError(
+            f"from_expert: {folder} was trained on another base model ({card.base.model}, "
+            f"{card.base.content_hash}); this recipe's is {base.model_id} ({base.content_hash})"
+        )
+    config = json.loads((folder / ADAPTER_FILES[0]).read_text(encoding="utf-8"))
+    mine = model.peft_config["default"]
+    shape = {
+        "lora.r": (config.get("r"), mine.r),
+        "lora.alpha": (config.get("lora_alpha"), mine.lora_alpha),
+        "lora.target_modules": (
+            sorted(config.get("target_modules") or []),
+            sorted(mine.target_modules or []),
+        ),
+    }
+    differ = [
+        f"{key} {there} there, {here} here" for key, (there, here) in shape.items() if there != here
+    ]
+    weights = load_file(folder / ADAPTER_FILES[1])
+    expected = get_peft_model_state_dict(model)
+    if not differ and (
+        weights.keys() != expected.keys()
+        or any(weights[k].shape != expected[k].shape for k in weights)
+    ):
+        differ = ["the adapter's layers"]
+    if differ:
+        raise DomainLMError(
+            f"from_expert: {folder}: the adapter has another shape ({'; '.join(differ)}); "
+            "give this recipe the same lora section"
+        )
+    set_peft_model_state_dict(model, weights)
+    return card_runs(card), f"{card.name} ({folder})"
 
 
 def count_steps(spec: OptimSpec, batches_per_epoch: int, world_size: int) -> int:

@@ -8,7 +8,9 @@ checkpoints); its end step answers a few dev prompts before/after, adds the adap
 by eval loss when there is a dev set), card and loss plot, and renames the folder to
 `NAME/`, so an expert appears whole or not at all. Ctrl-C / SIGTERM stops a step or the end
 step after saving; `--resume` continues from there, without training again when only the
-end step was left.
+end step was left. `--resume` with more steps trains a finished expert further (what may
+change: `runs.CONTINUABLE`); the old expert stays in place until the continued one
+replaces it. `--from EXPERT` starts a new expert from another one's adapter.
 
 Runs unchanged under `accelerate launch` / `torchrun` (DDP, FSDP, DeepSpeed): accelerate
 wraps the loss model, every process builds the same plan and takes its share of each
@@ -17,14 +19,13 @@ step's micro-batches, and only the main process writes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
+import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,6 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from domainlm import __version__
 from domainlm.chat.formats import ChatFormat
 from domainlm.errors import DomainLMError
 from domainlm.expert import (
@@ -40,22 +40,30 @@ from domainlm.expert import (
     CARD_FILE,
     METRICS_FILE,
     PLOT_FILE,
-    BaseRef,
-    DatasetRef,
-    ExpertCard,
     partial_folder,
     read_metrics,
     write_card,
 )
 from domainlm.train import checkpoint as ckpt
 from domainlm.train.batching import Batch, BatchPlan, eval_batches
+from domainlm.train.folders import check_new, check_output_dir, continue_finished, make_folder
 from domainlm.train.loss import LossModel, step_scale
 from domainlm.train.metrics import plot_loss, truncate_metrics
 from domainlm.train.progress import TrainProgress
 from domainlm.train.recipe import Recipe
+from domainlm.train.runs import (
+    SCHEDULE,
+    check_continuation,
+    data_changes,
+    data_refs,
+    expert_card,
+    run_record,
+)
+from domainlm.train.runs import recipe_changes as changes_between
 from domainlm.train.samples import before_after
 from domainlm.train.setup import (
     attach_lora,
+    attention_for,
     choose_precision,
     count_steps,
     load_datasets,
@@ -63,9 +71,13 @@ from domainlm.train.setup import (
     load_model,
     make_format,
     make_optimizer,
+    make_scheduler,
+    set_attention,
     set_threads,
+    start_from_expert,
     tune_allocator,
 )
+from domainlm.train.stopping import StopFlag, stop_requests
 
 #: Checkpoints kept besides the best one.
 KEEP_CHECKPOINTS = 2
@@ -88,6 +100,7 @@ class RunState:
     best_step: int | None = None
     last_loss: float | None = None
     last_eval_loss: float | None = None
+    run_start: int = 0  # the step this run (or continuation with its own schedule) began at
 
 
 @dataclass
@@ -107,9 +120,15 @@ class Run:
     dev_conversations: list[Any]
     total_steps: int
     optimizer: Any
-    scheduler: Any
+    scheduler: Any = None
     state: RunState = field(default_factory=RunState)
     loss_model: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Earlier runs (card `runs` entries): continuations' predecessors, a `--from` source's."""
+    origin: str | None = None
+    """The expert whose adapter this expert's first run started from (`--from`)."""
+    inference_attention: str | None = None
+    """The base's own attention kernel, which the engine (and so the samples) use."""
 
     @property
     def checkpoints(self) -> Path:
@@ -134,36 +153,25 @@ def train(
     """
     console = console or Console(stderr=True, quiet=True)
     expert = recipe.output_dir / recipe.name
-    if resume and (expert / CARD_FILE).is_file():
-        console.print(f"{recipe.name}: already trained ({expert})")
-        return expert
-    adopt = _check_output(expert, resume)
-    run = _prepare(recipe, expert, resume, adopt, console)
-    with _stop_requests(run.accelerator.device) as stop:
+    check_output_dir(recipe.output_dir)
+    adopt, copied = False, False
+    if (expert / CARD_FILE).is_file():
+        had_work = partial_folder(expert).exists()
+        if not continue_finished(recipe, expert, resume, console):
+            return expert
+        copied = not had_work
+    else:
+        adopt = check_new(expert, resume)
+    try:
+        run = _prepare(recipe, expert, resume, adopt, console)
+    except DomainLMError:
+        if copied:  # a continuation refused before its first step leaves nothing behind
+            shutil.rmtree(partial_folder(expert), ignore_errors=True)
+        raise
+    with stop_requests(run.accelerator.device) as stop:
         _loop(run, stop, console, on_step)
         _finish(run, stop, console)
     return expert
-
-
-def _check_output(expert: Path, resume: bool) -> bool:
-    """Refuse to overwrite anything. True when `expert` holds an unfinished run of an
-    earlier version (working files in the expert folder), which --resume moves to
-    EXPERT.partial and finishes."""
-    work = partial_folder(expert)
-    if (expert / CARD_FILE).is_file():
-        raise DomainLMError(f"{expert}: already holds a trained expert (pick another name)")
-    old_run = (expert / "checkpoints").is_dir() or (expert / METRICS_FILE).is_file()
-    if old_run and work.exists():
-        raise DomainLMError(f"{expert} and {work} both hold an unfinished run: remove one")
-    empty = expert.is_dir() and not any(expert.iterdir())
-    if expert.exists() and not (old_run or empty):
-        raise DomainLMError(
-            f"{expert}: exists and is not an expert: remove it or pick another name"
-        )
-    if not resume and (old_run or ckpt.checkpoints(work / "checkpoints")):
-        where = expert if old_run else work
-        raise DomainLMError(f"{where}: holds an unfinished run: pass --resume to continue it")
-    return old_run
 
 
 def _prepare(recipe: Recipe, expert: Path, resume: bool, adopt: bool, console: Console) -> Run:
@@ -178,6 +186,9 @@ def _prepare(recipe: Recipe, expert: Path, resume: bool, adopt: bool, console: C
         tune_allocator()
     set_seed(recipe.seed)
     base = load_model(recipe, precision, device)
+    attention = set_attention(
+        base.model, attention_for(recipe.base.attention, device, recipe.optim.max_seq_len)
+    )
     chat_format = make_format(recipe, base.tokenizer)
     datasets = load_datasets(recipe, base.tokenizer, chat_format)
     dev_examples, dev_conversations = load_dev(recipe, base.tokenizer, chat_format)
@@ -195,22 +206,32 @@ def _prepare(recipe: Recipe, expert: Path, resume: bool, adopt: bool, console: C
     )  # fmt: skip
     batches_per_epoch = len(plan.epoch(0))  # packs the whole epoch: once per run
     total = count_steps(optim, batches_per_epoch, accelerator.num_processes)
-    optimizer, scheduler = make_optimizer(model, optim, total)
     dev = eval_batches(dev_examples, optim.batch_size, optim.max_seq_len, plan.pad_id)
     run = Run(
         recipe, expert, partial_folder(expert), accelerator, base, chat_format, model, plan,
-        batches_per_epoch, dev, dev_conversations, total, optimizer, scheduler,
+        batches_per_epoch, dev, dev_conversations, total, make_optimizer(model, optim),
     )  # fmt: skip
-    if resume:
-        _restore(run, adopt, console)
-    elif run.main:
-        run.work.mkdir(parents=True, exist_ok=True)
-        (run.work / METRICS_FILE).write_text("", encoding="utf-8")
-    run.loss_model, run.optimizer = accelerator.prepare(LossModel(model), optimizer)
+    run.inference_attention = attention
+    saved = _restore(run, adopt, console) if resume else None
+    if saved is None:
+        if recipe.from_expert is not None:
+            run.history, run.origin = start_from_expert(model, recipe.from_expert, base)
+            console.print(f"starting from the adapter of {run.origin}")
+        if run.main:
+            make_folder(run.work)
+            (run.work / METRICS_FILE).write_text("", encoding="utf-8")
+    # A run's schedule spans its own steps: a continuation with a new one starts it anew.
+    run.scheduler = make_scheduler(run.optimizer, optim, total - run.state.run_start)
+    if saved is not None:
+        _load_optimizer(run, saved)
+    run.loss_model, run.optimizer = accelerator.prepare(LossModel(model), run.optimizer)
     return run
 
 
-def _restore(run: Run, adopt: bool, console: Console) -> None:
+def _restore(run: Run, adopt: bool, console: Console) -> dict[str, Any] | None:
+    """Adapter, counters, RNG and earlier runs from the latest checkpoint (None: there is
+    none yet). A checkpoint made with another lr or schedule (or fewer steps) ends its run
+    there: the steps after it are a continuation with a schedule of its own."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -221,29 +242,54 @@ def _restore(run: Run, adopt: bool, console: Console) -> None:
     latest = ckpt.latest_checkpoint(run.checkpoints)
     if latest is None:
         console.print("no checkpoint yet: starting from step 0")
-        if run.main:
-            run.work.mkdir(parents=True, exist_ok=True)
-            (run.work / METRICS_FILE).write_text("", encoding="utf-8")
-        return
+        return None
     saved = ckpt.load_state(latest)
-    recipe_now = run.recipe.model_dump(mode="json")
-    changed = [key for key, value in saved["recipe"].items() if recipe_now.get(key) != value]
-    if changed:
-        raise DomainLMError(
-            f"{latest}: the recipe changed since this run started ({', '.join(changed)}); "
-            "resume with the same recipe or train under a new name"
-        )
+    now = data_refs(run.plan.datasets)
+    changes = changes_between(
+        saved["recipe"], run.recipe.model_dump(mode="json"), "data" not in saved
+    )
+    check_continuation(str(latest), changes, data_changes(saved.get("data", now), now))
     set_peft_model_state_dict(run.model, load_file(latest / "adapter_model.safetensors"))
-    run.optimizer.load_state_dict(saved["optimizer"])
-    run.scheduler.load_state_dict(saved["scheduler"])
     run.state = RunState(**saved["state"])
+    run.history, run.origin = list(saved.get("runs", [])), saved.get("origin")
     ckpt.set_rng_state(saved["rng"])
-    if run.main:
-        truncate_metrics(run.work / METRICS_FILE, run.state.step)
-    if run.state.step < run.total_steps:
-        console.print(f"resuming from {latest.name} (step {run.state.step} of {run.total_steps})")
+    state = run.state
+    if SCHEDULE & set(changes):
+        if run.total_steps <= state.step:
+            raise DomainLMError(
+                f"{latest}: {state.step} steps are trained and the recipe asks for "
+                f"{run.total_steps}: to train further, give a larger optim.max_steps or epochs"
+            )
+        run.history.append(run_record(run, saved["recipe"], saved.get("data", now)))
+        state.run_start = state.step
+        saved["scheduler"] = None  # the continuation's own schedule
+        console.print(
+            f"continuing from {latest.name} to step {run.total_steps} with a new schedule "
+            f"({', '.join(c for c in changes if c in SCHEDULE)})"
+        )
+    elif state.step < run.total_steps:
+        console.print(f"resuming from {latest.name} (step {state.step} of {run.total_steps})")
     else:
         console.print(f"training done ({latest.name}): finishing the expert")
+    if run.main:
+        truncate_metrics(run.work / METRICS_FILE, state.step)
+    return saved
+
+
+def _load_optimizer(run: Run, saved: dict[str, Any]) -> None:
+    """Optimizer moments from the checkpoint. Resuming a run restores its schedule too; a
+    continuation keeps only the moments, with this recipe's hyper-parameters."""
+    state = saved["optimizer"]
+    if saved["scheduler"] is None:
+        state = {
+            "state": state["state"],
+            "param_groups": run.optimizer.state_dict()["param_groups"],
+        }
+    run.optimizer.load_state_dict(state)
+    if saved["scheduler"] is not None:
+        run.scheduler.load_state_dict(saved["scheduler"])
+    for group in run.optimizer.param_groups:
+        group["weight_decay"] = run.recipe.optim.weight_decay
 
 
 def _loop(
@@ -382,6 +428,9 @@ def _save(run: Run) -> None:
             "scheduler": run.scheduler.state_dict(),
             "rng": ckpt.rng_state(),
             "recipe": run.recipe.model_dump(mode="json"),
+            "data": data_refs(run.plan.datasets),
+            "runs": run.history,
+            "origin": run.origin,
         }
         ckpt.save_checkpoint(run.checkpoints, run.state.step, run.model, adapter, state)
         ckpt.prune(run.checkpoints, KEEP_CHECKPOINTS, run.state.best_step)
@@ -389,110 +438,39 @@ def _save(run: Run) -> None:
 
 
 def _finish(run: Run, stop: StopFlag, console: Console) -> None:
-    """The end step: before/after samples, then adapter, card and loss plot into the work
-    folder, which is renamed to the expert's. Stopped by Ctrl-C like a step: the finished
-    training stays in its last checkpoint and --resume comes back here."""
+    """The end step: the chosen adapter (the best by eval loss, else the last) into the
+    work folder, before/after samples of it, then card and loss plot, and the work folder
+    renamed to the expert's. Stopped by Ctrl-C like a step: the finished training stays in
+    its last checkpoint and --resume comes back here."""
     state = run.state
     chosen = state.best_step if state.best_step is not None else state.step
+    if run.main:
+        source = ckpt.step_dir(run.checkpoints, chosen)
+        for name in ADAPTER_FILES:
+            shutil.copyfile(source / name, run.work / name)
     samples = []
-    if run.main and run.recipe.eval.samples:
-        samples = before_after(run, console, stop=lambda: stop.requested)
+    if run.main and run.recipe.eval.samples and run.dev_conversations:
+        with tempfile.TemporaryDirectory(dir=run.work) as folder:
+            for name in ADAPTER_FILES:
+                shutil.copyfile(run.work / name, Path(folder) / name)
+            write_card(Path(folder), expert_card(run, chosen, []))
+            samples = before_after(run, Path(folder), console, stop=lambda: stop.requested)
     if stop():  # every process takes part
         raise Interrupted(
             f"interrupted at the end of training (step {state.step}, saved in "
             f"{run.checkpoints}); run again with --resume to write the expert"
         )
     if run.main:
-        source = ckpt.step_dir(run.checkpoints, chosen)
-        for name in ADAPTER_FILES:
-            shutil.copyfile(source / name, run.work / name)
         metrics = read_metrics(run.work / METRICS_FILE)
         plot_loss(metrics, run.work / PLOT_FILE, f"{run.recipe.name} ({run.recipe.stage})")
-        write_card(run.work, _card(run, chosen, samples))
+        write_card(run.work, expert_card(run, chosen, samples))
+        replacing = run.expert.exists()
         try:
             ckpt.publish_folder(run.work, run.expert)
         except OSError as exc:
             raise DomainLMError(
                 f"cannot rename {run.work} to {run.expert}: {exc.strerror or exc}"
             ) from None
-        console.print(f"expert written to {run.expert} (adapter from step {chosen})")
+        what = "continued expert" if replacing else "expert"
+        console.print(f"{what} written to {run.expert} (adapter from step {chosen})")
     run.accelerator.wait_for_everyone()
-
-
-def _card(run: Run, chosen: int, samples: list[dict[str, str]]) -> ExpertCard:
-    recipe, state = run.recipe, run.state
-    return ExpertCard(
-        name=recipe.name,
-        description=recipe.description,
-        base=BaseRef(
-            model=recipe.base.path,
-            content_hash=run.base.content_hash,
-            chat_format=recipe.base.chat_format,
-        ),
-        stage=recipe.stage,
-        system_prompt=recipe.system_prompt,
-        datasets=[
-            DatasetRef(
-                path=str(d.path),
-                content_hash=d.content_hash,
-                examples=len(d.examples),
-                weight=d.weight,
-            )
-            for d in run.plan.datasets
-        ],
-        metrics={
-            "steps": state.step,
-            "adapter_step": chosen,
-            "train_loss": state.last_loss,
-            "eval_loss": state.last_eval_loss,
-            "best_eval_loss": state.best_eval_loss,
-            "tokens": state.tokens,
-            "trained_tokens": state.trained_tokens,
-            "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
-        },
-        recipe=recipe.model_dump(mode="json"),
-        samples=samples,
-        domainlm_version=__version__,
-    )
-
-
-class StopFlag:
-    """Set by the first Ctrl-C / SIGTERM. `requested` is this process's flag; calling the
-    flag asks every process (a collective in a multi-process run: all must call it)."""
-
-    def __init__(self, device: Any) -> None:
-        self.requested = False
-        self.device = device  # the process group's device (NCCL reduces CUDA tensors only)
-
-    def __call__(self) -> bool:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor([float(self.requested)], device=self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            return bool(flag.item())
-        return self.requested
-
-
-@contextmanager
-def _stop_requests(device: Any) -> Iterator[StopFlag]:
-    """Turn the first Ctrl-C / SIGTERM into a request to save and stop after this step
-    (or, in the end step, before the next before/after sample).
-
-    A second Ctrl-C interrupts at once. In a multi-process run all processes agree (the
-    request is all-reduced) so they save the same step.
-    """
-    flag = StopFlag(device)
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag.requested:
-            raise KeyboardInterrupt
-        flag.requested = True
-
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
