@@ -56,7 +56,13 @@ def test_demo_converts_every_example(cli: Any, tmp_path: Path) -> None:
     expert = tmp_path / "experts" / "demo"
     for name in ("adapter_model.safetensors", "expert.yaml", "metrics.jsonl", "loss.png"):
         assert (expert / name).is_file(), name
-    assert f"expert (tiny model, 12 steps): {expert}" in stdout
+    # What training changed, legibly: the loss falling, not a random model's text.
+    first_screens = stdout.split("knowledge base")[0]
+    assert f"expert demo: {expert}" in first_screens
+    line = next(x for x in first_screens.splitlines() if "train loss per answer token" in x)
+    start, end = [float(w) for w in line.split() if w.replace(".", "").isdigit()][:2]
+    assert end < start - 1.0, line  # 16 steps take the tiny model well below ln(1024)
+    assert "\ufffd" not in first_screens + stderr and "before" not in first_screens + stderr
     # The answering stage: retrieved articles for the legal questions, the tool step.
     assert "Q: 什么是定金？定金最多可以约定多少？" in stdout
     assert "《中华人民共和国民法典》第五百八十六条 [current]" in stdout
