@@ -28,7 +28,14 @@ Kb = Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder for
 Tools = Annotated[
     list[str] | None, typer.Option("--tools", help="Toolsets: finance, code (repeatable).")
 ]
-Format = Annotated[str, typer.Option("--chat-format", help="hf or chatglm3.")]
+Format = Annotated[
+    str,
+    typer.Option(
+        "--chat-format",
+        help="auto (chatglm3 for ChatGLM3's tokenizer, else hf: the tokenizer's own template), "
+        "hf or chatglm3.",
+    ),
+]
 MaxTokens = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Reply length limit.")]
 Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy.")]
 
@@ -73,7 +80,7 @@ def ask(
     expert: Expert = None,
     kb: Kb = None,
     tools: Tools = None,
-    chat_format: Format = "hf",
+    chat_format: Format = "auto",
     max_new_tokens: MaxTokens = 256,
     temperature: Temperature = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="The whole reply as JSON.")] = False,
@@ -100,7 +107,7 @@ def chat(
     expert: Expert = None,
     kb: Kb = None,
     tools: Tools = None,
-    chat_format: Format = "hf",
+    chat_format: Format = "auto",
     max_new_tokens: MaxTokens = 256,
     temperature: Temperature = 0.0,
 ) -> None:

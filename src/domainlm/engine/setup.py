@@ -48,7 +48,7 @@ def build_assistant(
     experts: Path | None = None,
     kb: Path | None = None,
     tools: list[str] | None = None,
-    chat_format: str = "hf",
+    chat_format: str = "auto",
     trust_remote_code: bool = False,
     sampling: Sampling | None = None,
 ) -> Assistant:
