@@ -70,7 +70,7 @@ def test_dotted_overrides_are_typed(tmp_path: Path) -> None:
         (["datasets.2.path=x"], "override 'datasets.2.path=x': datasets.2: no item 2"),
         (
             ["base.chat_format=llama"],
-            "recipe.yaml: base.chat_format: Input should be 'chatglm3' or 'hf'",
+            "recipe.yaml: base.chat_format: Input should be 'auto', 'chatglm3' or 'hf'",
         ),
         (["name=../escape"], "recipe.yaml: name: String should match pattern"),
         (["datasets=[]"], "recipe.yaml: datasets: List should have at least 1 item"),

@@ -261,11 +261,15 @@ def test_continued_pretraining_with_replay(tmp_path: Path) -> None:
                 {"path": str(general), "weight": 0.2, "text_field": "content"},
             ],
             optim={"max_steps": 3},
+            base={"chat_format": "auto"},
         )
     )
     expert = train(recipe)
     card = read_card(expert)
     assert card.stage == "pt" and [d.examples for d in card.datasets] == [3, 5]
+    # `auto` is resolved before training and the card records the format used: the tiny
+    # tokenizer has ChatGLM3's tokens and a template of its own, which it follows.
+    assert recipe.base.chat_format == "auto" and card.base.chat_format == "hf"
     assert len(losses(expert)) == 3
 
 

@@ -77,11 +77,13 @@ def base_dtype(spec: str) -> Any:
     except ImportError:  # a GGUF base converted earlier loads without the package
         return torch.bfloat16
     field = GGUFReader(path).fields.get("general.file_type")
-    kind = int(field.contents()) if field is not None else None
-    return {LlamaFileType.ALL_F32: torch.float32, LlamaFileType.MOSTLY_F16: torch.float16}.get(
-        kind,  # type: ignore[call-overload]
-        torch.bfloat16,
-    )
+    if field is None:
+        return torch.bfloat16
+    dtypes: dict[int, torch.dtype] = {
+        int(LlamaFileType.ALL_F32): torch.float32,
+        int(LlamaFileType.MOSTLY_F16): torch.float16,
+    }
+    return dtypes.get(int(field.contents()), torch.bfloat16)
 
 
 def _usual_modes(folder: Path) -> None:

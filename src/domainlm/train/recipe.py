@@ -58,8 +58,11 @@ class BaseModelSpec(_Section):
     """Which base model to adapt and how to load it."""
 
     path: str = Field(description="Local HF folder, a .gguf file, `default` or `tiny`.")
-    chat_format: Literal["chatglm3", "hf"] = Field(
-        "hf", description="How conversations become tokens."
+    chat_format: Literal["auto", "chatglm3", "hf"] = Field(
+        "auto",
+        description="How conversations become tokens: `chatglm3` (ChatGLM3's own tokens), "
+        "`hf` (the tokenizer's chat template) or `auto` (chatglm3 for ChatGLM3's tokenizer, "
+        "else hf); the expert's card records the one used.",
     )
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Compute dtype; auto picks bf16 where the hardware has it."

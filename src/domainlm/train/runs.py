@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from domainlm import __version__
 from domainlm.errors import DomainLMError
 from domainlm.expert import BaseRef, DatasetRef, ExpertCard, RunRecord
+from domainlm.train.recipe import MODEL_NAMES
 
 if TYPE_CHECKING:
     from domainlm.train.trainer import Run
@@ -62,14 +63,14 @@ def _normal(path: Any) -> Any:
 
 def _comparable(recipe: dict[str, Any], data: bool) -> dict[str, Any]:
     flat = _flat(recipe)
-    if not data:
-        flat.pop("datasets", None)
-    elif isinstance(flat.get("datasets"), list):
-        flat["datasets"] = [
-            {**d, "path": _normal(d.get("path"))} if isinstance(d, dict) else d
-            for d in flat["datasets"]
-        ]
+    datasets = [d for d in flat.get("datasets") or [] if isinstance(d, dict)]
+    if data:
+        flat["datasets"] = [{**d, "path": _normal(d.get("path"))} for d in datasets]
+    else:  # the files are compared by content; what is read from them still counts
+        flat["datasets"] = [d.get("text_field") for d in datasets]
     flat["eval.dev"] = _normal(flat.get("eval.dev"))
+    if flat.get("base.path") not in MODEL_NAMES:
+        flat["base.path"] = _normal(flat.get("base.path"))
     return flat
 
 
@@ -185,7 +186,7 @@ def expert_card(run: Run, chosen: int, samples: list[dict[str, str]]) -> ExpertC
         base=BaseRef(
             model=recipe.base.path,
             content_hash=run.base.content_hash,
-            chat_format=recipe.base.chat_format,
+            chat_format=run.chat_format.name,
         ),
         stage=recipe.stage,
         system_prompt=recipe.system_prompt,
