@@ -17,6 +17,7 @@ import pytest
 
 from domainlm.engine.generation import Completion, Generator, Request
 from domainlm.kb.base import build
+from domainlm.models import build_tiny_tokenizer
 from tests.test_kb import make_law_db
 
 
@@ -156,12 +157,12 @@ def test_ctrl_c_stops_the_reply_not_the_chat(tmp_path: Path) -> None:
             break
     time.sleep(0.5)  # some of the reply is out
     chat.send_signal(signal.SIGINT)
-    stopped = time.perf_counter()
     # Then save and Ctrl-D at the prompt.
     out, err = chat.communicate(f"/save {saved}\n", timeout=120)
     assert chat.returncode == 0, err
-    assert time.perf_counter() - stopped < 30  # not the 50 s the whole reply would take
     assert "stopped" in err and "Traceback" not in err
     messages = json.loads(saved.read_text(encoding="utf-8"))["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert messages[1]["content"] and messages[1]["content"] in out  # the partial reply, kept
+    # Cut short, not the 1000 tokens the whole reply would have been.
+    assert len(build_tiny_tokenizer()(messages[1]["content"])["input_ids"]) < 500

