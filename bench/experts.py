@@ -107,7 +107,7 @@ def main() -> None:
     import torch
 
     from domainlm.engine.adapters import AdapterPool
-    from domainlm.engine.generation import Generator
+    from domainlm.engine.local import LocalEngine
     from domainlm.engine.setup import device_dtype
     from domainlm.models.base import load_base
 
@@ -123,7 +123,7 @@ def main() -> None:
         started = time.perf_counter()
         pool.add(paths[-1])
         results["add_expert_s"] = time.perf_counter() - started
-        generator = Generator(pool)
+        generator = LocalEngine(pool)
         from domainlm.engine.generation import Request, Sampling
 
         warm = Sampling(max_new_tokens=2)

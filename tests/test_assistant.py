@@ -58,7 +58,7 @@ def plain_assistant() -> Assistant:
 
 def _script(assistant: Assistant, replies: list[str]) -> Script:
     script = Script(assistant.pool.base.tokenizer, replies)
-    assistant.generator.run = script  # type: ignore[method-assign]
+    assistant.engine.run = script  # type: ignore[method-assign]
     return script
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from domainlm.engine.generation import Completion, Generator, Request
+from domainlm.engine.generation import Completion, Request
+from domainlm.engine.local import LocalEngine
 from domainlm.kb.base import build
 from domainlm.models import build_tiny_tokenizer
 from tests.test_kb import make_law_db
@@ -29,17 +30,17 @@ class ScriptedModel:
         self.replies, self.prompts = list(replies), []
         model = self
 
-        def run(generator: Generator, requests: list[Request]) -> list[Completion]:
-            model.prompts.append(generator.tokenizer.decode(requests[0].prompt))
+        def run(engine: LocalEngine, requests: list[Request]) -> list[Completion]:
+            model.prompts.append(engine.tokenizer.decode(requests[0].prompt))
             return [Completion(model.replies.pop(0), 1, "stop")]
 
-        def stream(generator: Generator, request: Request) -> Iterator[str]:
-            model.prompts.append(generator.tokenizer.decode(request.prompt))
+        def stream(engine: LocalEngine, request: Request) -> Iterator[str]:
+            model.prompts.append(engine.tokenizer.decode(request.prompt))
             reply = model.replies.pop(0)
             yield from (reply[i : i + 2] for i in range(0, len(reply), 2))
 
-        monkeypatch.setattr(Generator, "run", run)
-        monkeypatch.setattr(Generator, "stream", stream)
+        monkeypatch.setattr(LocalEngine, "run", run)
+        monkeypatch.setattr(LocalEngine, "stream", stream)
 
 
 def chat(cli: Any, monkeypatch: pytest.MonkeyPatch, lines: list[str], *args: str) -> Any:

@@ -1,4 +1,5 @@
-"""The engine: experts on one base, mixed-expert batches, streaming."""
+"""The engine: experts on one base, continuous batching of mixed experts and sampling
+settings, streams, cancellation, limits."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from domainlm.engine.adapters import BASE, AdapterPool
-from domainlm.engine.generation import Generator, Request, Sampling
+from domainlm.engine.generation import Request, Sampling
+from domainlm.engine.local import LocalEngine
 from domainlm.errors import DomainLMError
 from domainlm.expert import read_card, write_card
 from tests.engine_helpers import make_expert, tiny_base
@@ -34,16 +36,16 @@ def test_mixed_expert_batch_equals_each_expert_alone(experts: Path) -> None:
     pool = AdapterPool(tiny_base(), roots=[experts])
     for name in ("law", "fin"):
         pool.add(experts / name)
-    generator = Generator(pool)
+    engine = LocalEngine(pool)
     greedy = Sampling(max_new_tokens=8)
     prompts = _prompts(pool.base.tokenizer)
     plan = [("law", prompts[0]), ("fin", prompts[1]), (BASE, prompts[2]), ("law", prompts[3])]
-    mixed = generator.run([Request(p, e, greedy) for e, p in plan])
-    alone = [generator.run([Request(p, e, greedy)])[0] for e, p in plan]
+    mixed = engine.run([Request(p, e, greedy) for e, p in plan])
+    alone = [engine.run([Request(p, e, greedy)])[0] for e, p in plan]
     assert [c.text for c in mixed] == [c.text for c in alone]
     # The experts really differ from each other and from the base.
     outputs = {
-        e: generator.run([Request(prompts[0], e, greedy)])[0].text for e in ("law", "fin", BASE)
+        e: engine.run([Request(prompts[0], e, greedy)])[0].text for e in ("law", "fin", BASE)
     }
     assert len(set(outputs.values())) == 3
 
@@ -69,21 +71,21 @@ def test_pool_refuses_and_evicts(experts: Path, tmp_path: Path) -> None:
 def test_streaming_matches_and_stops(experts: Path) -> None:
     pool = AdapterPool(tiny_base(), roots=[experts])
     pool.add(experts / "law")
-    generator = Generator(pool)
+    engine = LocalEngine(pool)
     prompt = _prompts(pool.base.tokenizer)[0]
     request = Request(prompt, "law", Sampling(max_new_tokens=12))
-    whole = generator.run([request])[0].text
-    assert "".join(generator.stream(request)) == whole
+    whole = engine.run([request])[0].text
+    assert "".join(engine.stream(request)) == whole
     stop = whole[3:5]
-    cut = "".join(generator.stream(Request(prompt, "law", Sampling(max_new_tokens=12), [stop])))
+    cut = "".join(engine.stream(Request(prompt, "law", Sampling(max_new_tokens=12), [stop])))
     assert cut == whole.split(stop, 1)[0]
 
 
 def test_prompt_longer_than_the_context_is_a_clear_error(experts: Path) -> None:
     pool = AdapterPool(tiny_base())
-    generator = Generator(pool)
+    engine = LocalEngine(pool)
     with pytest.raises(DomainLMError, match="exceeds the model's context"):
-        generator.run([Request([5] * (generator.context + 10))])
+        engine.submit(Request([5] * (engine.context + 10)))
 
 
 def test_batched_lora_equals_peft_per_row(experts: Path) -> None:
@@ -112,34 +114,6 @@ def test_batched_lora_equals_peft_per_row(experts: Path) -> None:
         assert batched and pool.model(input_ids=ids[:2]).logits.shape[0] == 2
 
 
-def test_scheduler_batches_concurrent_requests_for_different_experts(experts: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from domainlm.engine.scheduler import Scheduler
-
-    pool = AdapterPool(tiny_base(), roots=[experts])
-    for name in ("law", "fin"):
-        pool.add(experts / name)
-    generator = Generator(pool)
-    prompts = _prompts(pool.base.tokenizer)
-    plan = [(e, prompts[i % 4]) for i, e in enumerate(["law", "fin", BASE, "law", "fin", BASE])]
-    greedy = Sampling(max_new_tokens=6)
-    expected = [generator.run([Request(p, e, greedy)])[0].text for e, p in plan]
-    scheduler = Scheduler(generator, max_batch=8, max_wait=0.2)
-    with ThreadPoolExecutor(6) as callers:
-        futures = list(
-            callers.map(lambda item: scheduler.submit(Request(item[1], item[0], greedy)), plan)
-        )
-        texts = [f.result(timeout=60).text for f in futures]
-    scheduler.close()
-    assert texts == expected
-    assert scheduler.batches_run < len(plan)  # requests shared batches
-    bad = Scheduler(generator)
-    with pytest.raises(DomainLMError, match="no expert"):
-        bad.submit(Request(prompts[0], "nobody", greedy)).result(timeout=60)
-    bad.close()
-
-
 def test_adapters_on_embeddings_use_peft_path(tmp_path: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -157,10 +131,10 @@ def test_adapters_on_embeddings_use_peft_path(tmp_path: Path) -> None:
     pool.add(tmp_path / "emb")
     with torch.no_grad(), pool.batched(["emb", BASE]) as batched:
         assert not batched  # the stacked path covers linear LoRA only
-    generator = Generator(pool)
+    engine = LocalEngine(pool)
     prompt = _prompts(base.tokenizer)[0]
-    mixed = generator.run([Request(prompt, "emb", Sampling(max_new_tokens=4)), Request(prompt)])
-    alone = generator.run([Request(prompt, "emb", Sampling(max_new_tokens=4))])
+    mixed = engine.run([Request(prompt, "emb", Sampling(max_new_tokens=4)), Request(prompt)])
+    alone = engine.run([Request(prompt, "emb", Sampling(max_new_tokens=4))])
     assert mixed[0].text == alone[0].text
 
 
@@ -238,21 +212,17 @@ def _byte_ids(tokenizer: Any, data: bytes) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(alphabet[b]) for b in data]
 
 
-def _scripted_generate(new_ids: list[int]) -> Any:
-    """Stands in for `model.generate`: emits `new_ids` after the prompt, as HF does (the
-    prompt to the streamer first, then one token per step, then `end`)."""
-    import torch
+def _scripted_tokens(monkeypatch: pytest.MonkeyPatch, new_ids: list[int]) -> None:
+    """The engine's sampler returns `new_ids` in turn (one per decode step, a request
+    alone), whatever the model says."""
+    script: list[int] = []
 
-    def generate(input_ids: Any, max_new_tokens: int, streamer: Any = None, **_: Any) -> Any:
-        new = new_ids[:max_new_tokens]
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-            for token in new:
-                streamer.put(torch.tensor([token]))
-            streamer.end()
-        return torch.cat([input_ids, torch.tensor([new] * input_ids.shape[0])], dim=1)
+    def next_tokens(logits: Any, settings: Any, randoms: Any, seen: Any) -> list[int]:
+        if not script:
+            script.extend(new_ids)
+        return [script.pop(0) for _ in settings]
 
-    return generate
+    monkeypatch.setattr("domainlm.engine.local.next_tokens", next_tokens)
 
 
 def test_a_character_cut_by_the_token_limit_is_dropped_not_garbled(
@@ -260,20 +230,22 @@ def test_a_character_cut_by_the_token_limit_is_dropped_not_garbled(
 ) -> None:
     pool = AdapterPool(tiny_base())
     tokenizer = pool.base.tokenizer
-    generator = Generator(pool)
+    engine = LocalEngine(pool)
     # The token limit falls after two of the three bytes of 好 (what left `在你的�` in chat).
     cut = _byte_ids(tokenizer, "在你的好".encode()[:-1])
-    monkeypatch.setattr(pool.model, "generate", _scripted_generate(cut))
+    _scripted_tokens(monkeypatch, cut)
     request = Request([5, 6], sampling=Sampling(max_new_tokens=len(cut)))
-    completion = generator.run([request])[0]
+    completion = engine.run([request])[0]
     assert (completion.text, completion.finish_reason) == ("在你的", "length")
-    pieces = list(generator.stream(request))
+    pieces = list(engine.stream(request))
     assert "".join(pieces) == "在你的" and not any("\ufffd" in p for p in pieces), pieces
 
     # A character whose bytes come in several tokens is streamed once it is whole.
     whole = _byte_ids(tokenizer, "好吗".encode())
-    monkeypatch.setattr(pool.model, "generate", _scripted_generate(whole))
+    _scripted_tokens(monkeypatch, whole)
     request = Request([5, 6], sampling=Sampling(max_new_tokens=len(whole)))
-    pieces = list(generator.stream(request))
-    assert "".join(pieces) == "好吗" == generator.run([request])[0].text
+    pieces = list(engine.stream(request))
+    assert "".join(pieces) == "好吗" == engine.run([request])[0].text
     assert not any("\ufffd" in p for p in pieces), pieces
+    assert len(pieces) == 2  # 好 and 吗, each once its three bytes are in
+    engine.close()

@@ -16,7 +16,8 @@ import yaml
 from domainlm.chat.conversation import Conversation
 from domainlm.chat.formats import IGNORE_INDEX, get_format
 from domainlm.engine.adapters import AdapterPool
-from domainlm.engine.generation import Generator, Request, Sampling
+from domainlm.engine.generation import Request, Sampling
+from domainlm.engine.local import LocalEngine
 from domainlm.engine.setup import device_dtype
 from domainlm.expert import read_card
 from domainlm.models import build_tiny_model
@@ -178,7 +179,7 @@ def test_memorises_eight_answers_and_trains_only_the_answers(
     prompt = chat.render_prompt(Conversation(messages=conversation.messages[:1]))
     pool = AdapterPool(load_base("tiny"))
     pool.add(expert)
-    (reply,) = Generator(pool).run([Request(prompt, "law", stop=chat.stop_strings)])
+    (reply,) = LocalEngine(pool).run([Request(prompt, "law", stop=chat.stop_strings)])
     assert reply.text.strip() == answer
 
 
@@ -196,15 +197,15 @@ def test_samples_are_the_saved_adapters_answers_as_the_engine_gives_them(
     eval_losses = iter([1.0, 2.0])  # step 2 is the best: its adapter becomes the expert
     monkeypatch.setattr("domainlm.train.trainer.evaluate", lambda run: next(eval_losses))
     batches: list[int] = []
-    engine_run = Generator.run
+    engine_run = LocalEngine.run
 
-    def counted(self: Generator, requests: list[Request]) -> Any:
+    def counted(self: LocalEngine, requests: list[Request]) -> Any:
         batches.append(len(requests))
         return engine_run(self, requests)
 
-    monkeypatch.setattr(Generator, "run", counted)
+    monkeypatch.setattr(LocalEngine, "run", counted)
     expert = train(load_recipe(path))
-    assert batches == [4]  # two prompts, before and after, one batch
+    assert batches == [4]  # two prompts, before and after, submitted together
     card = read_card(expert)
     assert card.metrics["adapter_step"] == 2 and card.metrics["steps"] == 4
 
@@ -224,7 +225,7 @@ def test_samples_are_the_saved_adapters_answers_as_the_engine_gives_them(
         for who in ("base", "law")
         for p in prompts
     ]
-    answers = [c.text.strip() for c in engine_run(Generator(pool), requests)]
+    answers = [c.text.strip() for c in engine_run(LocalEngine(pool), requests)]
     assert [s["base"] for s in card.samples] + [s["expert"] for s in card.samples] == answers
     # ... and not what the last step's adapter answers.
     last = tmp_path / "last"
@@ -233,7 +234,7 @@ def test_samples_are_the_saved_adapters_answers_as_the_engine_gives_them(
         shutil.copyfile(expert / "checkpoints" / "step-0000004" / name, last / name)
     pool.add(last, name="last")
     requests = [Request(p, "last", Sampling(max_new_tokens=96), chat.stop_strings) for p in prompts]
-    assert [c.text.strip() for c in engine_run(Generator(pool), requests)] != answers[2:]
+    assert [c.text.strip() for c in engine_run(LocalEngine(pool), requests)] != answers[2:]
 
 
 def test_continued_pretraining_with_replay(tmp_path: Path) -> None:

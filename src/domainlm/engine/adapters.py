@@ -50,6 +50,12 @@ class AdapterPool:
         self._stale = True
 
     @property
+    def lock(self) -> threading.RLock:
+        """Held while the model runs a step and while experts are added or removed, so an
+        expert never changes under a running forward pass."""
+        return self._lock
+
+    @property
     def names(self) -> list[str]:
         return [BASE, *self.cards]
 

@@ -25,7 +25,8 @@ from typing import Any
 from domainlm.chat.conversation import Conversation, Message, ToolCall, ToolSpec
 from domainlm.chat.formats import ChatFormat
 from domainlm.engine.adapters import BASE, AdapterPool
-from domainlm.engine.generation import Generator, Request, Sampling
+from domainlm.engine.generation import Request, Sampling
+from domainlm.engine.local import LocalEngine
 from domainlm.engine.router import Router
 from domainlm.errors import DomainLMError, ToolCallParseError
 from domainlm.kb.citations import Citation
@@ -109,12 +110,13 @@ class Assistant:
         sampling: Sampling | None = None,
         top_k: int = TOP_K,
         max_tool_steps: int = 4,
+        engine: LocalEngine | None = None,
     ):
         self.pool = pool
         self.format = chat_format
         self.kb = kb
         self.toolset = toolset
-        self.generator = Generator(pool)
+        self.engine = engine or LocalEngine(pool)
         self.sampling = sampling or Sampling(max_new_tokens=256)
         self.top_k = top_k
         self.max_tool_steps = max_tool_steps
@@ -327,7 +329,7 @@ class Assistant:
         request = Request(prompt, name, self.sampling, stops)
         if on_text is not None:
             pieces = []
-            stream = self.generator.stream(request)
+            stream = self.engine.stream(request)
             try:
                 for piece in stream:
                     pieces.append(piece)
@@ -338,7 +340,7 @@ class Assistant:
                     close()
             text = prefix + "".join(pieces)
         else:
-            text = prefix + self.generator.run([request])[0].text
+            text = prefix + self.engine.run([request])[0].text
         if "<tool_call>" in text and "</tool_call>" not in text:
             # The stop string ended the call, or the model wrote a cut-off closing tag.
             text = text.rstrip().removesuffix("</tool_call").rstrip() + "</tool_call>"

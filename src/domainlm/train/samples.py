@@ -2,8 +2,8 @@
 
 This is the check ChatGLM3's fine-tuning tutorial does by hand after training: the same
 question to the model with the adapter off and on, side by side. The answers come from
-the engine's generator, as `ask` would give them: the saved adapter (the best by eval
-loss), every prompt before and after in one batch, with the KV cache.
+the engine, as `ask` would give them: the saved adapter (the best by eval loss), every
+prompt before and after in one running batch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from rich.table import Table
 
 from domainlm.chat.conversation import Conversation
 from domainlm.engine.adapters import BASE, AdapterPool
-from domainlm.engine.generation import Completion, Generator, Request, Sampling
+from domainlm.engine.generation import Completion, Request, Sampling
+from domainlm.engine.local import LocalEngine
 from domainlm.train.setup import set_attention
 
 if TYPE_CHECKING:
@@ -35,9 +36,14 @@ def _prompt(conversation: Conversation) -> Conversation | None:
     return None
 
 
-def generate(generator: Generator, requests: list[Request]) -> list[Completion]:
-    """The completions of `requests`, batched (one call, so Ctrl-C is checked around it)."""
-    return generator.run(requests)
+def generate(pool: AdapterPool, requests: list[Request]) -> list[Completion]:
+    """The completions of `requests` from an engine over `pool`, closed afterwards (a
+    Ctrl-C cancels the requests and still closes it)."""
+    engine = LocalEngine(pool)
+    try:
+        return engine.run(requests)
+    finally:
+        engine.close()
 
 
 def before_after(
@@ -64,7 +70,7 @@ def before_after(
     stops = run.chat_format.stop_strings
     ids = [run.chat_format.render_prompt(p) for p in prompts]
     requests = [Request(p, who, sampling, stops) for who in (BASE, name) for p in ids]
-    answers = [c.text.strip() for c in generate(Generator(pool), requests)]
+    answers = [c.text.strip() for c in generate(pool, requests)]
     rows = [
         {"prompt": prompt.messages[-1].content or "", "base": before, "expert": after}
         for prompt, before, after in zip(

@@ -1,0 +1,234 @@
+"""Continuous batching: requests join and leave the running batch at every step, each with
+its own expert, sampling settings, stop strings and stream; cancellation and limits."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from domainlm.engine.adapters import BASE, AdapterPool
+from domainlm.engine.generation import Overloaded, Request, Sampling, decode
+from domainlm.engine.local import LocalEngine
+from domainlm.errors import DomainLMError
+from tests.engine_helpers import make_expert, tiny_base
+
+GREEDY = Sampling(max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> AdapterPool:
+    root = tmp_path_factory.mktemp("batching_experts")
+    pool = AdapterPool(tiny_base(), roots=[root])
+    for i, name in enumerate(("law", "fin", "tax")):
+        pool.add(make_expert(root, name, seed=i + 1))
+    return pool
+
+
+@pytest.fixture
+def engine(pool: AdapterPool) -> Any:
+    engine = LocalEngine(pool)
+    yield engine
+    engine.close()
+
+
+def _ids(pool: AdapterPool, text: str) -> list[int]:
+    ids: list[int] = pool.base.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def _alone(engine: LocalEngine, request: Request) -> Any:
+    """The completion of `request` with nothing else in the engine."""
+    assert engine.load == {"waiting": 0, "prefilling": 0, "running": 0}
+    return engine.run([request])[0]
+
+
+SETTINGS = [
+    ("law", "定金是什么", GREEDY, []),
+    ("fin", "利息怎么算", Sampling(max_new_tokens=20, temperature=0.9, top_p=0.8, seed=7), []),
+    (BASE, "hello there", Sampling(max_new_tokens=16, repetition_penalty=1.3), []),
+    ("tax", "合同 成立", Sampling(max_new_tokens=24, temperature=1.2, top_k=5, seed=1), []),
+    ("law", "违约金", GREEDY, ["的"]),
+    (BASE, "借款利率", Sampling(max_new_tokens=30, temperature=0.7, seed=3), []),
+]
+
+
+def test_concurrent_streams_give_what_each_gets_alone(pool: AdapterPool, engine: Any) -> None:
+    requests = [Request(_ids(pool, t), e, s, stop) for e, t, s, stop in SETTINGS]
+    alone = [_alone(engine, r) for r in requests]
+    results: list[str | None] = [None] * len(requests)
+
+    def read(i: int) -> None:
+        results[i] = "".join(engine.stream(requests[i]))
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results == [c.text for c in alone]
+    assert max(engine.stats.rows_seen) > 1  # they did share decode steps
+    assert {c.finish_reason for c in alone} <= {"stop", "length"}
+
+
+def test_sampling_settings_per_row(pool: AdapterPool, engine: Any) -> None:
+    prompt = _ids(pool, "定金是什么")
+    greedy = _alone(engine, Request(prompt, "law", GREEDY)).text
+    # top_k=1 and a tiny top_p leave only the most likely token: greedy, though sampled.
+    for sampling in (
+        Sampling(max_new_tokens=24, temperature=1.5, top_k=1),
+        Sampling(max_new_tokens=24, temperature=1.5, top_p=1e-6),
+    ):
+        assert _alone(engine, Request(prompt, "law", sampling)).text == greedy
+    hot = Sampling(max_new_tokens=24, temperature=1.5, seed=11)
+    first = _alone(engine, Request(prompt, "law", hot)).text
+    assert first != greedy and _alone(engine, Request(prompt, "law", hot)).text == first
+
+
+def test_repetition_penalty_matches_transformers(pool: AdapterPool, engine: Any) -> None:
+    prompt = _ids(pool, "定金定金定金")
+    sampling = Sampling(max_new_tokens=20, repetition_penalty=1.5)
+    ours = _alone(engine, Request(prompt, BASE, sampling))
+    with torch.no_grad(), pool.model.disable_adapter():
+        out = pool.model.generate(
+            input_ids=torch.tensor([prompt]),
+            max_new_tokens=20,
+            do_sample=False,
+            repetition_penalty=1.5,
+            pad_token_id=pool.base.tokenizer.eos_token_id,
+        )
+    theirs = out[0, len(prompt) :].tolist()
+    assert ours.tokens == len(theirs)
+    assert ours.text == decode(pool.base.tokenizer, theirs)  # less a cut-off character
+
+
+def test_a_request_admitted_mid_batch(pool: AdapterPool, engine: Any) -> None:
+    long = Request(_ids(pool, "定金是什么"), "law", Sampling(max_new_tokens=60))
+    late = Request(_ids(pool, "利息怎么算"), "fin", GREEDY)
+    alone_long, alone_late = _alone(engine, long), _alone(engine, late)
+    assert alone_long.finish_reason == "length"
+    first = engine.submit(long)
+    pieces = iter(first)
+    head = next(pieces)  # the long one is decoding
+    second = engine.submit(late)
+    assert second.result(timeout=60).text == alone_late.text
+    assert head + "".join(pieces) == alone_long.text
+    assert first.result().tokens == 60
+    assert 2 in engine.stats.rows_seen
+
+
+def test_cancel_frees_the_row(pool: AdapterPool, engine: Any) -> None:
+    keep = Request(_ids(pool, "利息怎么算"), "fin", Sampling(max_new_tokens=50))
+    drop = Request(_ids(pool, "定金是什么"), "law", Sampling(max_new_tokens=2000))
+    expected = _alone(engine, keep).text
+    doomed, other = engine.submit(drop), engine.submit(keep)
+    next(iter(doomed))
+    doomed.cancel()
+    assert other.result(timeout=60).text == expected
+    cancelled = doomed.result(timeout=60)
+    assert cancelled.finish_reason == "cancelled" and cancelled.tokens < 2000
+    assert engine.load == {"waiting": 0, "prefilling": 0, "running": 0}
+    # A stream closed by its reader (a caller gone) cancels too.
+    stream = engine.stream(drop)
+    next(stream)
+    stream.close()
+    assert engine.run([keep])[0].text == expected
+    assert engine.stats.cancelled == 2
+
+
+def test_async_stream_and_cancel(pool: AdapterPool, engine: Any) -> None:
+    request = Request(_ids(pool, "合同 成立"), "tax", GREEDY)
+    expected = _alone(engine, request).text
+
+    async def both() -> tuple[str, int]:
+        pieces = [piece async for piece in engine.astream(request)]
+        endless = engine.astream(Request(request.prompt, "tax", Sampling(max_new_tokens=5000)))
+        await endless.__anext__()
+        await endless.aclose()  # the caller went away: its row goes at the next step
+        for _ in range(600):
+            if engine.stats.cancelled:
+                break
+            await asyncio.sleep(0.1)
+        return "".join(pieces), engine.stats.cancelled
+
+    text, cancelled = asyncio.run(both())
+    assert text == expected and cancelled == 1
+
+
+def test_overload_and_limits_are_clean_errors(pool: AdapterPool) -> None:
+    engine = LocalEngine(pool, max_rows=1, max_queue=1)
+    try:
+        running = engine.submit(Request(_ids(pool, "定金"), "law", Sampling(max_new_tokens=5000)))
+        next(iter(running))
+        queued = engine.submit(Request(_ids(pool, "利息"), "fin", GREEDY))
+        with pytest.raises(Overloaded, match="overloaded: 1 requests are waiting; retry later"):
+            engine.submit(Request(_ids(pool, "税"), BASE, GREEDY))
+        assert engine.load == {"waiting": 1, "prefilling": 0, "running": 1}
+        running.cancel()
+        assert queued.result(timeout=60).finish_reason == "length"
+        with pytest.raises(DomainLMError, match=r"no expert 'nobody' \(loaded: base, .*fin"):
+            engine.submit(Request([5, 6], "nobody"))
+        with pytest.raises(DomainLMError, match="exceeds the model's context"):
+            engine.submit(Request([5] * (engine.context + 1)))
+        with pytest.raises(DomainLMError, match="empty prompt"):
+            engine.submit(Request([]))
+    finally:
+        engine.close()
+    small = LocalEngine(pool, max_kv_bytes=60 * LocalEngine(pool).token_bytes)
+    try:
+        with pytest.raises(DomainLMError, match="MiB of KV cache; the engine's limit is"):
+            small.submit(Request([5] * 10, sampling=Sampling(max_new_tokens=60)))
+        # Two that fit one at a time run one after the other, never together.
+        pair = [Request(_ids(pool, t), sampling=Sampling(max_new_tokens=35)) for t in "甲乙"]
+        assert len(small.run(pair)) == 2 and max(small.stats.rows_seen) == 1
+    finally:
+        small.close()
+
+
+def test_long_prompts_are_prefilled_in_chunks(pool: AdapterPool) -> None:
+    prompt = _ids(pool, "当事人可以约定一方向对方给付定金作为债权的担保。" * 4)
+    request = Request(prompt, "law", GREEDY)
+    whole = LocalEngine(pool)
+    chunked = LocalEngine(pool, prefill_chunk=16)
+    try:
+        expected = whole.run([request])[0].text
+        assert whole.stats.prefill_passes == 1
+        assert chunked.run([request])[0].text == expected
+        assert chunked.stats.prefill_passes == -(-len(prompt) // 16)
+    finally:
+        whole.close()
+        chunked.close()
+
+
+def test_an_unloaded_expert_fails_its_rows_only(pool: AdapterPool, tmp_path: Path) -> None:
+    mine = AdapterPool(tiny_base(), roots=[tmp_path])
+    for i, name in enumerate(("law", "fin")):
+        mine.add(make_expert(tmp_path, name, seed=i + 1))
+    engine = LocalEngine(mine)
+    try:
+        request = Request(_ids(mine, "利息怎么算"), "fin", Sampling(max_new_tokens=40))
+        expected = engine.run([request])[0].text
+        doomed = engine.submit(Request(_ids(mine, "定金"), "law", Sampling(max_new_tokens=5000)))
+        next(iter(doomed))
+        other = engine.submit(request)
+        mine.remove("law")
+        with pytest.raises(DomainLMError, match="expert 'law' was unloaded"):
+            doomed.result(timeout=60)
+        assert other.result(timeout=60).text == expected
+    finally:
+        engine.close()
+
+
+def test_close_fails_what_is_left(pool: AdapterPool) -> None:
+    engine = LocalEngine(pool)
+    stream = engine.submit(Request([5, 6], sampling=Sampling(max_new_tokens=5000)))
+    next(iter(stream))
+    engine.close()
+    with pytest.raises(DomainLMError, match="engine was closed"):
+        stream.result(timeout=5)
+    with pytest.raises(DomainLMError, match="engine is closed"):
+        engine.submit(Request([5, 6]))
