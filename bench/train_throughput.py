@@ -328,9 +328,12 @@ def main() -> None:
                 ),
             }
         report[workload] = section
+        report.setdefault("runs", {})[workload] = by_name  # every run, before any printing
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
         print(f"{workload} (seq {WORKLOADS[workload][1]}, batch {BATCH}), {ROUNDS} runs each:")
         for name, summary in section.items():
-            if not isinstance(summary, dict):
+            if not isinstance(summary, dict) or name.startswith("pair_ratios_"):
                 continue
             speed, rss = summary["tokens_per_s"], summary["peak_rss_mb"]
             print(

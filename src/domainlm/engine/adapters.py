@@ -211,10 +211,11 @@ class AdapterPool:
             return
         device = next(self.model.parameters()).device
         multi.set_rows([None if e == BASE else e for e in experts], device)
+        before = multi.disable_peft()
         try:
-            with self.model.disable_adapter():
-                yield True
+            yield True
         finally:
+            multi.restore_peft(before)
             multi.clear()
 
     def card(self, name: str) -> ExpertCard | None:

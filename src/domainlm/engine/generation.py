@@ -31,6 +31,8 @@ class Sampling:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    #: Generate `max_new_tokens` whatever the model says (benchmarks: equal work for all).
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -146,6 +148,9 @@ class Stream:
         self._error: BaseException | None = None
         self._cancelled = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        #: When each token was generated (`time.perf_counter()`): time to first token and
+        #: inter-token latency for metrics.
+        self.token_times: list[float] = []
 
     # -- the engine's side ----------------------------------------------------------------
     def push(self, piece: str) -> None:

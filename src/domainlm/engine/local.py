@@ -58,6 +58,8 @@ class EngineStats:
     prefill_passes: int = 0
     finished: int = 0
     cancelled: int = 0
+    decode_seconds: float = 0.0  # in decode steps (forward pass and sampling)
+    prefill_seconds: float = 0.0
     rows_seen: list[int] = field(default_factory=list)  # running rows at each decode step
 
 
@@ -324,12 +326,14 @@ class LocalEngine:
             take = min(budget, len(prompt) - row.prefilled)
             chunk = prompt[row.prefilled : row.prefilled + take]
             positions = torch.arange(row.prefilled, row.prefilled + take, device=self.device)
+            started = time.perf_counter()
             logits = self._forward(
                 torch.tensor([chunk], device=self.device),
                 [row.expert],
                 past_key_values=row.cache,
                 position_ids=positions.unsqueeze(0),
             )
+            self.stats.prefill_seconds += time.perf_counter() - started
             row.prefilled += take
             budget -= take
             self.stats.prefill_tokens += take
@@ -348,6 +352,7 @@ class LocalEngine:
             row.cache = None
 
     def _decode(self) -> None:
+        started = time.perf_counter()
         rows = self._running
         ids = torch.tensor([[r.last] for r in rows], device=self.device)
         mask, positions = self._cache.decode_inputs(self.device)
@@ -363,8 +368,8 @@ class LocalEngine:
         self.stats.decode_tokens += len(rows)
         self.stats.rows_seen.append(len(rows))
         tokens = self._sample(logits, rows)
-        keep = [i for i, (row, token) in enumerate(zip(rows, tokens, strict=True))]
-        keep = [i for i in keep if not self._accept(rows[i], tokens[i])]
+        self.stats.decode_seconds += time.perf_counter() - started
+        keep = [i for i in range(len(rows)) if not self._accept(rows[i], tokens[i])]
         if len(keep) < len(rows):
             self._running = [rows[i] for i in keep]
             self._cache.keep(keep)
@@ -378,7 +383,8 @@ class LocalEngine:
     def _accept(self, row: _Row, token: int) -> bool:
         """Take the row's next token; True when the row has finished."""
         row.tokens += 1
-        if token in self.eos:
+        row.stream.token_times.append(time.perf_counter())
+        if token in self.eos and not row.request.sampling.ignore_eos:
             self._finish(row, "stop")
             return True
         row.stream.push(row.text.add(token))

@@ -47,6 +47,9 @@ class StackedLora:
             self.b[slot, :, :r] = lora_b[name].weight.detach().to(dtype)
             self.scale[slot] = float(layer.scaling[name])  # type: ignore[index]
         self.slots: torch.Tensor | None = None  # (batch,) slot per row, set per batch
+        self.kept_slots: torch.Tensor | None = None  # the last rows' slots, kept between calls
+        self.single = False  # every row on one expert: `single_slot`
+        self.single_slot = 0
         # All experts side by side (slot 0, the base, left out): one matmul computes every
         # expert's down-projection, a per-row mask keeps the row's own, one matmul goes up.
         self.rank = rank
@@ -60,13 +63,13 @@ class StackedLora:
         x = x.to(self.a.dtype)
         if x.dim() == 2:  # (batch, in) without a sequence axis
             x = x.unsqueeze(1)
-        first = slots[0]
-        if bool((slots == first).all()):
+        if self.single:
             # One expert for the whole batch: plain matmuls, as a single-adapter model.
-            if int(first) == 0:
+            slot = self.single_slot
+            if slot == 0:
                 return torch.zeros(())
-            down = x @ self.a[first].T
-            return (down @ self.b[first].T) * self.scale[first]
+            down = x @ self.a[slot].T
+            return (down @ self.b[slot].T) * self.scale[slot]
         assert self.mask is not None
         rows, seq = x.shape[0], x.shape[1]
         down = (x @ self.a_cat.T).view(rows, seq, -1, self.rank)  # (batch, seq, experts, rank)
@@ -107,6 +110,8 @@ class MultiLora:
         self.slot_of = {name: slot for slot, name in enumerate(self.names, 1)}
         self.layers: list[StackedLora] = []
         self.handles: list[Any] = []
+        self.modules: list[Any] = []  # the peft LoRA layers the hooks stand in for
+        self._rows: tuple[str | None, ...] | None = None  # what the masks were built for
         layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]
         adapted = [m for m in layers if _adapts(m, self.names)]
         usable = [m for m in adapted if supported(m, self.names)]
@@ -119,9 +124,18 @@ class MultiLora:
             dtype = weight.dtype if weight.is_floating_point() else torch.bfloat16
             stacked = StackedLora(module, self.names, dtype)
             self.layers.append(stacked)
+            self.modules.append(module)
             self.handles.append(module.register_forward_hook(_hook(stacked)))
 
     def set_rows(self, experts: list[str | None], device: Any) -> None:
+        """Row i of the next forward passes uses `experts[i]` (None: the base). The masks
+        are kept: a decode step with the same rows as the last one costs nothing here."""
+        rows = tuple(experts)
+        if rows == self._rows:
+            for layer in self.layers:
+                layer.slots = layer.kept_slots
+            return
+        self._rows = rows
         slots = torch.tensor([self.slot_of.get(e or "", 0) for e in experts], device=device)
         for layer in self.layers:
             layer.slots = slots
@@ -129,11 +143,28 @@ class MultiLora:
             # for base rows (slot 0).
             onehot = torch.nn.functional.one_hot(slots, len(self.names) + 1)[:, 1:]
             layer.mask = (onehot.to(layer.scale.dtype) * layer.scale[1:]).unsqueeze(-1)
+            layer.kept_slots = slots
+            layer.single = len(set(rows)) == 1
+            layer.single_slot = self.slot_of.get(rows[0] or "", 0)
 
     def clear(self) -> None:
+        """Outside a batched call: the hooks leave peft's results alone (the masks stay
+        for the next call with the same rows)."""
         for layer in self.layers:
             layer.slots = None
-            layer.mask = None
+
+    def disable_peft(self) -> list[bool]:
+        """Switch peft's own LoRA off in the layers the hooks cover (what peft's
+        `disable_adapter()` does, without its walk over the whole model); returns the
+        previous switches for `restore_peft`."""
+        before = [bool(m._disable_adapters) for m in self.modules]
+        for module in self.modules:
+            module._disable_adapters = True
+        return before
+
+    def restore_peft(self, before: list[bool]) -> None:
+        for module, disabled in zip(self.modules, before, strict=True):
+            module._disable_adapters = disabled
 
     def remove(self) -> None:
         for handle in self.handles:
