@@ -25,7 +25,7 @@ from typing import Any
 from domainlm.chat.conversation import Conversation, Message, ToolCall, ToolSpec
 from domainlm.chat.formats import ChatFormat
 from domainlm.engine.adapters import BASE, AdapterPool
-from domainlm.engine.generation import Request, Sampling
+from domainlm.engine.generation import Engine, Request, Sampling
 from domainlm.engine.local import LocalEngine
 from domainlm.engine.router import Router
 from domainlm.errors import DomainLMError, ToolCallParseError
@@ -110,13 +110,13 @@ class Assistant:
         sampling: Sampling | None = None,
         top_k: int = TOP_K,
         max_tool_steps: int = 4,
-        engine: LocalEngine | None = None,
+        engine: Engine | None = None,
     ):
         self.pool = pool
         self.format = chat_format
         self.kb = kb
         self.toolset = toolset
-        self.engine = engine or LocalEngine(pool)
+        self.engine: Engine = engine or LocalEngine(pool)
         self.sampling = sampling or Sampling(max_new_tokens=256)
         self.top_k = top_k
         self.max_tool_steps = max_tool_steps

@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from domainlm.engine.adapters import BASE
 from domainlm.errors import DomainLMError
@@ -235,3 +235,23 @@ class Stream:
                 await event.wait()
             else:
                 yield piece
+
+
+class Engine(Protocol):
+    """What every engine backend offers (`LocalEngine`, `UpstreamEngine`): callers submit
+    Requests and read Streams, whichever generates the tokens."""
+
+    tokenizer: Any
+    context: int
+
+    def check_length(self, request: Request) -> None: ...
+
+    def submit(self, request: Request) -> Stream: ...
+
+    def run(self, requests: list[Request]) -> list[Completion]: ...
+
+    def stream(self, request: Request) -> Iterator[str]: ...
+
+    def astream(self, request: Request) -> AsyncIterator[str]: ...
+
+    def close(self) -> None: ...
