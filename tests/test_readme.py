@@ -30,7 +30,13 @@ NOT_HERE = {
     "make demo": "installs packages; the demo itself runs in test_project",
 }
 #: Commands the `slow` tier runs: they load (or train) the default model.
-SLOW = ("smollm2_law_sft.yaml", "domainlm ask", "domainlm export", "--tokenizer default")
+SLOW = (
+    "smollm2_law_sft.yaml",
+    "domainlm ask",
+    "domainlm export",
+    "--tokenizer default",
+    "domainlm vllm-command",
+)
 
 
 #: What a command's output must show (what the README says it does).
@@ -154,6 +160,7 @@ def _default_model_missing() -> bool:
 #: What the slow tier's commands must show, beyond exit code 0.
 SLOW_SHOWS = {
     "domainlm data validate law.jsonl --tokenizer default": "valid",
+    "domainlm vllm-command default --experts experts/": "--lora-modules",
     "domainlm ask '什么是定金？' --kb lawkb": "民法典",
 }
 
@@ -192,7 +199,7 @@ def test_readme_default_model_commands_run_as_written(workdir: Path, cli: Any) -
         if "--tools finance" in command:  # the output the README quotes is the real one
             assert _readme_quote("What the finance line really prints").split("…")[0] in out
         ran.append(command)
-    assert len(ran) >= 9, ran
+    assert len(ran) >= 10, ran
     experts = workdir / "experts"
     law = read_card(experts / "smollm2-law")
     # --resume with nothing changed trains nothing; with optim.epochs=5 it trains on: two runs.

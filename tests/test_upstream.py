@@ -165,3 +165,26 @@ def test_the_assistant_runs_unchanged_over_the_upstream(
         ours = here.reply(Session(), "什么是定金？", expert=expert)
         theirs = there.reply(Session(), "什么是定金？", expert=expert)
         assert theirs.text == ours.text
+
+
+def test_vllm_command_serves_the_experts_that_vllm_can(tmp_path: Path, cli: Any) -> None:
+    import shlex
+
+    base = tiny_base()
+    base.model.save_pretrained(tmp_path / "model")
+    base.tokenizer.save_pretrained(tmp_path / "model")
+    root = tmp_path / "experts"
+    for i, name in enumerate(("law", "fin")):
+        make_expert(root, name, seed=i + 1)
+    (root / "half.partial" / "checkpoints").mkdir(parents=True)
+    code, out, err = cli("vllm-command", tmp_path / "model", "--experts", root, "--port", "8100")
+    assert code == 0, err
+    words = shlex.split(out.strip())
+    assert words[:3] == ["vllm", "serve", str((tmp_path / "model").resolve())]
+    modules = words[words.index("--lora-modules") + 1 :]
+    assert modules == [f"fin={(root / 'fin').resolve()}", f"law={(root / 'law').resolve()}"]
+    assert words[words.index("--max-lora-rank") + 1] == "8"  # r=4, vLLM's next rank
+    assert words[words.index("--max-loras") + 1] == "2" and "8100" in words
+    assert "warning:" in err and "half" in err and "http://127.0.0.1:8100/v1" in err
+    code, _, err = cli("vllm-command", "tiny")
+    assert code == 2 and "vLLM needs a model folder" in err
