@@ -90,9 +90,12 @@ def stop_prefix(text: str, stops: list[str]) -> int:
 class TextTracker:
     """The reply of one request as its tokens arrive: what may be shown, where it stops.
 
-    The whole reply is decoded at each token (a piece decoded alone can differ from its
-    place in the whole, e.g. SentencePiece's leading spaces); only the tail after the last
-    character shown is searched for stop strings.
+    Decoding is incremental, as vLLM's detokenizer does it: the new text is what decoding
+    from a few tokens back gives beyond what the same start gave before, so a token costs
+    the same at the end of a long reply as at its start, and a piece decoded alone never
+    differs from its place in the whole (SentencePiece's leading spaces). A token that ends
+    inside a character adds nothing until the character is complete. Only the tail after
+    the last character shown is searched for stop strings.
     """
 
     def __init__(self, tokenizer: Any, stops: list[str]):
@@ -102,12 +105,20 @@ class TextTracker:
         self.text = ""
         self.sent = 0  # characters handed out so far
         self.stopped = False
+        self._prefix = 0  # decoding starts here ...
+        self._read = 0  # ... and the text of ids[_prefix:_read] is already in `text`
 
     def add(self, token: int) -> str:
         """Take one generated token; returns the text that became final (maybe empty).
         After a stop string, `stopped` is set and `text` ends before it."""
         self.ids.append(token)
-        text = decode(self.tokenizer, self.ids)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=False)
+        now = decode(self.ids[self._prefix :], skip_special_tokens=False)
+        if len(now) <= len(before) or now.endswith(REPLACEMENT):
+            return ""  # inside a character
+        text = self.text + now[len(before) :]
+        self._prefix, self._read = self._read, len(self.ids)
         if self.stops:
             start = max(0, self.sent - max(len(s) for s in self.stops))
             cuts = [i for i in (text.find(s, start) for s in self.stops) if i >= 0]
