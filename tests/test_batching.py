@@ -232,3 +232,84 @@ def test_close_fails_what_is_left(pool: AdapterPool) -> None:
         stream.result(timeout=5)
     with pytest.raises(DomainLMError, match="engine is closed"):
         engine.submit(Request([5, 6]))
+
+
+def test_bad_settings_are_refused_and_a_failing_row_fails_alone(
+    pool: AdapterPool, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for sampling, message in (
+        (Sampling(repetition_penalty=0), "repetition_penalty must be more than 0"),
+        (Sampling(top_p=0), r"top_p must be in \(0, 1\]"),
+        (Sampling(max_new_tokens=0), "max_new_tokens must be at least 1"),
+        (Sampling(temperature=float("nan")), "temperature must be 0 or more"),
+    ):
+        with pytest.raises(DomainLMError, match=message):
+            engine.submit(Request([5, 6], sampling=sampling))
+    good = Request(_ids(pool, "利息怎么算"), "fin", Sampling(max_new_tokens=30))
+    expected = _alone(engine, good).text
+    import domainlm.engine.local as local
+
+    real = local.next_tokens
+
+    def poisoned(logits: Any, settings: Any, randoms: Any, seen: Any) -> list[int]:
+        if any(s.temperature == 0.77 for s in settings):  # stands in for NaN logits
+            raise RuntimeError("probability tensor contains inf or nan")
+        return real(logits, settings, randoms, seen)
+
+    monkeypatch.setattr(local, "next_tokens", poisoned)
+    other = engine.submit(good)
+    poison = engine.submit(
+        Request(good.prompt, "law", Sampling(max_new_tokens=30, temperature=0.77))
+    )
+    with pytest.raises(DomainLMError, match=r"generation failed: RuntimeError: .*inf or nan"):
+        poison.result(timeout=60)
+    assert other.result(timeout=60).text == expected
+
+
+def test_a_reader_whose_event_loop_closed_does_not_stop_the_engine(
+    pool: AdapterPool, engine: Any
+) -> None:
+    request = Request(_ids(pool, "定金"), "law", Sampling(max_new_tokens=3000, ignore_eos=True))
+
+    streams = []
+
+    async def impatient() -> None:
+        stream = engine.submit(request)
+        streams.append(stream)
+        pieces = stream.__aiter__()
+        await pieces.__anext__()
+        with pytest.raises(asyncio.TimeoutError):
+            while True:  # the reader gives up while waiting for the next piece
+                await asyncio.wait_for(pieces.__anext__(), timeout=0.0001)
+
+    asyncio.run(impatient())  # its loop is closed now; the request goes on
+    after = Request(_ids(pool, "利息"), "fin", Sampling(max_new_tokens=8))
+    assert engine.run([after])[0].tokens == 8
+    streams[0].cancel()
+    assert streams[0].result(timeout=60).finish_reason == "cancelled"
+
+
+def test_experts_with_requests_in_flight_are_not_evicted(tmp_path: Path) -> None:
+    mine = AdapterPool(tiny_base(), roots=[tmp_path], max_loaded=2)
+    paths = {n: make_expert(tmp_path, n, seed=i + 1) for i, n in enumerate(("law", "fin", "tax"))}
+    mine.add(paths["law"])
+    mine.add(paths["fin"])
+    engine = LocalEngine(mine)
+    try:
+        busy = engine.submit(Request(_ids(mine, "定金"), "law", Sampling(max_new_tokens=5000)))
+        next(iter(busy))
+        mine.resolve("fin")  # law is now the least recently used, but in flight
+        mine.add(paths["tax"])
+        assert mine.names == [BASE, "law", "tax"]
+        also = engine.submit(Request(_ids(mine, "税"), "tax", Sampling(max_new_tokens=5000)))
+        next(iter(also))
+        with pytest.raises(DomainLMError, match="all 2 loaded experts have requests in flight"):
+            mine.add(paths["fin"])
+        busy.cancel()
+        also.cancel()
+        busy.result(timeout=60)
+        also.result(timeout=60)
+        mine.add(paths["fin"])  # idle again: evicted as usual
+        assert "fin" in mine.names
+    finally:
+        engine.close()

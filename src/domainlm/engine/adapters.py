@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,15 +45,31 @@ class AdapterPool:
         #: Why each folder `scan` passed over is not loaded, by the name it would have.
         self.skipped: dict[str, str] = {}
         self.model: Any = base.model
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the bookkeeping: cards, folders, in-flight counts
+        self._model_lock = threading.RLock()  # the model: a forward pass, loading, evicting
+        self._busy: Counter[str] = Counter()  # requests in flight per expert
         self._multi: Any = None  # MultiLora over the loaded experts, rebuilt when they change
         self._stale = True
 
     @property
-    def lock(self) -> threading.RLock:
-        """Held while the model runs a step and while experts are added or removed, so an
-        expert never changes under a running forward pass."""
-        return self._lock
+    def lock(self) -> Any:
+        """Held while the model runs a step and while experts are loaded or removed, so an
+        expert never changes under a running forward pass (looking one up does not wait
+        for it)."""
+        return self._model_lock
+
+    def hold(self, name: str) -> None:
+        """A request for `name` is in flight: least-recently-used eviction passes it over."""
+        if name != BASE:
+            with self._lock:
+                self._busy[name] += 1
+
+    def release(self, name: str) -> None:
+        if name != BASE:
+            with self._lock:
+                self._busy[name] -= 1
+                if self._busy[name] <= 0:
+                    del self._busy[name]
 
     @property
     def names(self) -> list[str]:
@@ -105,20 +121,31 @@ class AdapterPool:
         name = name or card.name
         if name == BASE:
             raise DomainLMError(f"{BASE!r} is reserved for the base model")
-        with self._lock:
-            if name in self.cards and self.folders[name] != folder:
-                raise DomainLMError(
-                    f"{shown}: expert {name!r} is already loaded from {self.folders[name]}"
-                )
-            if name in self.cards:
-                self.cards.move_to_end(name)
-                return self.cards[name]
-            while len(self.cards) >= self.max_loaded:
-                self._evict(next(iter(self.cards)))
+        with self._model_lock:
+            with self._lock:
+                if name in self.cards and self.folders[name] != folder:
+                    raise DomainLMError(
+                        f"{shown}: expert {name!r} is already loaded from {self.folders[name]}"
+                    )
+                if name in self.cards:
+                    self.cards.move_to_end(name)
+                    return self.cards[name]
+                evict: list[str] = []
+                idle = [n for n in self.cards if not self._busy[n]]  # oldest first
+                while len(self.cards) - len(evict) >= self.max_loaded:
+                    if not idle:
+                        raise DomainLMError(
+                            f"cannot load {name!r}: all {self.max_loaded} loaded experts have "
+                            "requests in flight (retry later or raise the limit)"
+                        )
+                    evict.append(idle.pop(0))
+            for old in evict:
+                self._evict(old)
             self._load(shown, name)
-            self.cards[name] = card
-            self.folders[name] = folder
-            self._stale = True
+            with self._lock:
+                self.cards[name] = card
+                self.folders[name] = folder
+                self._stale = True
         return card
 
     def _load(self, folder: Path, name: str) -> None:
@@ -157,13 +184,16 @@ class AdapterPool:
             del base.peft_config
 
     def _evict(self, name: str) -> None:
+        """Take `name` out (the caller holds the model lock)."""
+        with self._lock:
+            del self.cards[name]
+            del self.folders[name]
+            self._stale = True
         self.model.delete_adapter(name)
-        del self.cards[name]
-        del self.folders[name]
-        self._stale = True
 
     def remove(self, name: str) -> None:
-        with self._lock:
+        """Unload `name`; requests in flight for it fail at the engine's next step."""
+        with self._model_lock:
             if name not in self.cards:
                 raise DomainLMError(f"no expert {name!r} loaded (loaded: {', '.join(self.names)})")
             self._evict(name)
@@ -179,6 +209,13 @@ class AdapterPool:
                 raise DomainLMError(f"no expert {name!r} (loaded: {', '.join(self.names)})")
             self.cards.move_to_end(name)
         return name
+
+    def acquire(self, name: str | None) -> str:
+        """`resolve` and `hold` at once (no eviction can come between them)."""
+        with self._lock:
+            resolved = self.resolve(name)
+            self.hold(resolved)
+        return resolved
 
     def peft_names(self, names: list[str]) -> list[str] | None:
         """peft's `adapter_names` for rows using `names`; None when no adapter is loaded."""
@@ -199,7 +236,7 @@ class AdapterPool:
         if not self.cards:
             yield False
             return
-        with self._lock:
+        with self._model_lock:
             if self._stale:
                 if self._multi is not None:
                     self._multi.remove()

@@ -117,11 +117,17 @@ class Assistant:
         self.kb = kb
         self.toolset = toolset
         self.engine: Engine = engine or LocalEngine(pool)
+        self._owns_engine = engine is None
         self.sampling = sampling or Sampling(max_new_tokens=256)
         self.top_k = top_k
         self.max_tool_steps = max_tool_steps
         self._shows_tools: dict[tuple[str, ...], bool] = {}
         self._subsets: dict[tuple[str, ...], Toolset | None] = {}
+
+    def close(self) -> None:
+        """Stop the engine this Assistant started (one handed to it is the caller's)."""
+        if self._owns_engine:
+            self.engine.close()
 
     def reply(
         self,

@@ -11,6 +11,8 @@ string waits until the next token says whether it is one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +39,24 @@ class Sampling:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
+
+    def check(self) -> None:
+        """Raise DomainLMError for settings no sampler can use."""
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            problems.append(f"temperature must be 0 or more (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0:
+            problems.append(f"top_k must be 0 (off) or more (got {self.top_k})")
+        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            problems.append(
+                f"repetition_penalty must be more than 0 (got {self.repetition_penalty})"
+            )
+        if problems:
+            raise DomainLMError("; ".join(problems))
 
 
 @dataclass
@@ -159,6 +179,7 @@ class Stream:
         self._error: BaseException | None = None
         self._cancelled = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._on_done: list[Any] = []  # called once when the request ends, however it ends
         #: When each token was generated (`time.perf_counter()`): time to first token and
         #: inter-token latency for metrics.
         self.token_times: list[float] = []
@@ -176,6 +197,7 @@ class Stream:
                 return
             self._completion = completion
             self._wake()
+        self._ended()
 
     def fail(self, error: BaseException) -> None:
         with self._cond:
@@ -183,12 +205,23 @@ class Stream:
                 return
             self._error = error
             self._wake()
+        self._ended()
+
+    def when_done(self, callback: Any) -> None:
+        """Call `callback()` once the request has ended (finished, failed or cancelled)."""
+        self._on_done.append(callback)
+
+    def _ended(self) -> None:
+        callbacks, self._on_done = self._on_done, []
+        for callback in callbacks:
+            callback()
 
     def _wake(self) -> None:
         self._cond.notify_all()
-        for loop, event in self._waiters:
-            loop.call_soon_threadsafe(event.set)
-        self._waiters.clear()
+        waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # a reader's loop closed: none to wake
+                loop.call_soon_threadsafe(event.set)
 
     # -- the caller's side ----------------------------------------------------------------
     @property
@@ -241,9 +274,15 @@ class Stream:
                 else:
                     piece = None
                     event = asyncio.Event()
-                    self._waiters.append((loop, event))
+                    waiter = (loop, event)
+                    self._waiters.append(waiter)
             if piece is None:
-                await event.wait()
+                try:
+                    await event.wait()
+                finally:  # a reader cancelled here leaves no waiter behind
+                    with self._cond:
+                        if waiter in self._waiters:
+                            self._waiters.remove(waiter)
             else:
                 yield piece
 

@@ -90,9 +90,20 @@ class RowLayer(DynamicLayer):
 class RowCache(Cache):
     """The KV cache of a batch of rows of different lengths (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int | None = None) -> None:
         super().__init__(layer_class_to_replicate=RowLayer)
         self.lengths: list[int] = []  # tokens held per row
+        self.cap = cap
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+        *args: Any, **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        while len(self.layers) <= layer_idx:  # layers come with the cache's cap
+            layer = RowLayer()
+            layer.cap = self.cap
+            self.layers.append(layer)
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     @property
     def rows(self) -> int:
@@ -108,6 +119,7 @@ class RowCache(Cache):
 
     def set_cap(self, columns: int | None) -> None:
         """The most columns any row will need: buffers never grow past it."""
+        self.cap = columns
         for layer in self.layers:
             if isinstance(layer, RowLayer):
                 layer.cap = columns
@@ -145,6 +157,7 @@ class RowCache(Cache):
         """Append the rows of `other` (a prefilled request's cache) to this batch."""
         if not self.lengths:
             self.layers, self.lengths = other.layers, list(other.lengths)
+            self.set_cap(self.cap)
             return
         width = max(self.width, other.width)
         for mine, theirs in zip(self.layers, other.layers, strict=True):

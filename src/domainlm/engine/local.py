@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +44,8 @@ from domainlm.engine.kvcache import RowCache
 from domainlm.engine.sampler import RowRandom, next_tokens
 from domainlm.errors import DomainLMError
 
-#: Default KV-cache limit on CPU; on CUDA, half the memory free when the engine starts.
+#: Default KV-cache limit on CPU; on CUDA, 30% of the memory free when the engine starts
+#: (admitting or retiring a row copies the batch's cache once, so the peak is twice it).
 CPU_KV_BYTES = 4 << 30
 
 
@@ -60,7 +61,7 @@ class EngineStats:
     cancelled: int = 0
     decode_seconds: float = 0.0  # in decode steps (forward pass and sampling)
     prefill_seconds: float = 0.0
-    rows_seen: list[int] = field(default_factory=list)  # running rows at each decode step
+    rows_seen: Counter[int] = field(default_factory=Counter)  # decode steps by running rows
 
 
 @dataclass(eq=False)
@@ -109,8 +110,8 @@ class LocalEngine:
         max_kv_bytes: int | None = None,
         prefill_chunk: int = 512,
     ):
-        if max_rows < 1 or max_queue < 0 or prefill_chunk < 1:
-            raise DomainLMError("engine: max_rows and prefill_chunk must be at least 1")
+        if min(max_rows, max_queue, prefill_chunk) < 1:
+            raise DomainLMError("engine: max_rows, max_queue and prefill_chunk must be at least 1")
         self.pool = pool
         self.tokenizer = pool.base.tokenizer
         self.max_rows = max_rows
@@ -151,8 +152,16 @@ class LocalEngine:
         """
         if not request.prompt:
             raise DomainLMError("empty prompt")
+        request.sampling.check()
         self.check_length(request)
-        expert = self.pool.resolve(request.expert)
+        expert = self.pool.acquire(request.expert)  # no eviction while it is in flight
+        try:
+            return self._queue(request, expert)
+        except BaseException:
+            self.pool.release(expert)
+            raise
+
+    def _queue(self, request: Request, expert: str) -> Stream:
         budget = request.sampling.max_new_tokens
         if self.context:
             budget = max(1, min(budget, self.context - len(request.prompt)))
@@ -178,6 +187,7 @@ class LocalEngine:
                 raise Overloaded(
                     f"overloaded: {len(self._waiting)} requests are waiting; retry later"
                 )
+            stream.when_done(lambda: self.pool.release(expert))
             self._waiting.append(row)
             self._start()
             self._cond.notify()
@@ -226,6 +236,7 @@ class LocalEngine:
         self._waiting.clear()
         self._prefilling.clear()
         self._running.clear()
+        self._cache = RowCache()  # its memory goes now, not with the engine
 
     @property
     def load(self) -> dict[str, int]:
@@ -249,15 +260,16 @@ class LocalEngine:
                     self._cond.wait()
                 if self._closed:
                     return
-                self._admit()
             try:
+                with self._cond:
+                    self._admit()
                 with torch.no_grad(), self.pool.lock:
                     self._drop_gone()
                     if self._prefilling:
                         self._prefill()
                     if self._running:
                         self._decode()
-            except Exception as exc:  # the step failed for every row in it: they get the error
+            except Exception as exc:  # a forward pass failed: every row in it gets the error
                 for row in [*self._prefilling, *self._running]:
                     row.stream.fail(exc)
                 self._prefilling.clear()
@@ -266,14 +278,14 @@ class LocalEngine:
 
     def _admit(self) -> None:
         """Move queued requests to prefill, first come first served, within the limits."""
+        if any(r.stream.cancelled for r in self._waiting):  # they give back their places
+            for row in [r for r in self._waiting if r.stream.cancelled]:
+                self._waiting.remove(row)
+                self._finish(row, "cancelled")
         rows = [*self._prefilling, *self._running]
         widest = max((r.reserved for r in rows), default=0)
         while self._waiting:
             head = self._waiting[0]
-            if head.stream.cancelled:
-                self._waiting.popleft()
-                self._finish(head, "cancelled")
-                continue
             width = max(widest, head.reserved)
             if rows and (
                 len(rows) >= self.max_rows
@@ -316,40 +328,53 @@ class LocalEngine:
         return out.logits[:, -1]
 
     def _prefill(self) -> None:
+        """Up to `prefill_chunk` prompt tokens of the rows waiting for their prompt, one
+        forward pass per row; a row's own failure (its forward pass, its sampling) fails it
+        alone."""
         budget = self.prefill_chunk
         for row in list(self._prefilling):
             if budget <= 0:
                 break
-            prompt = row.request.prompt
-            if row.cache is None:
-                row.cache = RowCache()
-            take = min(budget, len(prompt) - row.prefilled)
-            chunk = prompt[row.prefilled : row.prefilled + take]
-            positions = torch.arange(row.prefilled, row.prefilled + take, device=self.device)
-            started = time.perf_counter()
-            logits = self._forward(
-                torch.tensor([chunk], device=self.device),
-                [row.expert],
-                past_key_values=row.cache,
-                position_ids=positions.unsqueeze(0),
-            )
-            self.stats.prefill_seconds += time.perf_counter() - started
-            row.prefilled += take
-            budget -= take
-            self.stats.prefill_tokens += take
-            self.stats.prefill_passes += 1
-            if row.prefilled < len(prompt):
-                continue
-            self._prefilling.remove(row)
-            row.cache.lengths = [len(prompt)]
-            if row.request.sampling.repetition_penalty != 1.0:
-                row.history = list(prompt)
-            (token,) = self._sample(logits, [row])
-            if not self._accept(row, token):
-                self._cache.admit(row.cache)
-                self._cache.set_cap(max(r.reserved for r in [*self._running, row]))
-                self._running.append(row)
-            row.cache = None
+            try:
+                budget -= self._prefill_row(row, budget)
+            except Exception as exc:
+                if row in self._prefilling:
+                    self._prefilling.remove(row)
+                row.cache = None
+                row.stream.fail(_own_error(exc))
+
+    def _prefill_row(self, row: _Row, budget: int) -> int:
+        """Prefill up to `budget` more prompt tokens of `row`; returns how many."""
+        prompt = row.request.prompt
+        if row.cache is None:
+            row.cache = RowCache(cap=row.reserved)
+        take = min(budget, len(prompt) - row.prefilled)
+        chunk = prompt[row.prefilled : row.prefilled + take]
+        positions = torch.arange(row.prefilled, row.prefilled + take, device=self.device)
+        started = time.perf_counter()
+        logits = self._forward(
+            torch.tensor([chunk], device=self.device),
+            [row.expert],
+            past_key_values=row.cache,
+            position_ids=positions.unsqueeze(0),
+        )
+        self.stats.prefill_seconds += time.perf_counter() - started
+        row.prefilled += take
+        self.stats.prefill_tokens += take
+        self.stats.prefill_passes += 1
+        if row.prefilled < len(prompt):
+            return take
+        row.cache.lengths = [len(prompt)]
+        if row.request.sampling.repetition_penalty != 1.0:
+            row.history = list(prompt)
+        (token,) = self._sample(logits, [row])
+        self._prefilling.remove(row)
+        if not self._accept(row, token):
+            self._cache.set_cap(max(r.reserved for r in [*self._running, row]))
+            self._cache.admit(row.cache)
+            self._running.append(row)
+        row.cache = None
+        return take
 
     def _decode(self) -> None:
         started = time.perf_counter()
@@ -366,10 +391,17 @@ class LocalEngine:
         self._cache.stepped()
         self.stats.steps += 1
         self.stats.decode_tokens += len(rows)
-        self.stats.rows_seen.append(len(rows))
-        tokens = self._sample(logits, rows)
+        self.stats.rows_seen[len(rows)] += 1
+        try:
+            tokens: list[int | None] = list(self._sample(logits, rows))
+        except Exception:  # one row's settings or logits (NaN, inf) fail that row alone
+            tokens = [self._sample_alone(logits[i : i + 1], row) for i, row in enumerate(rows)]
         self.stats.decode_seconds += time.perf_counter() - started
-        keep = [i for i in range(len(rows)) if not self._accept(rows[i], tokens[i])]
+        keep = [
+            i
+            for i, token in enumerate(tokens)
+            if token is not None and not self._accept(rows[i], token)
+        ]
         if len(keep) < len(rows):
             self._running = [rows[i] for i in keep]
             self._cache.keep(keep)
@@ -379,6 +411,13 @@ class LocalEngine:
         return next_tokens(
             logits, [r.request.sampling for r in rows], [r.random for r in rows], seen
         )
+
+    def _sample_alone(self, logits: torch.Tensor, row: _Row) -> int | None:
+        try:
+            return self._sample(logits, [row])[0]
+        except Exception as exc:
+            row.stream.fail(_own_error(exc))
+            return None
 
     def _accept(self, row: _Row, token: int) -> bool:
         """Take the row's next token; True when the row has finished."""
@@ -406,6 +445,13 @@ class LocalEngine:
             self.stats.cancelled += 1
         else:
             self.stats.finished += 1
+
+
+def _own_error(exc: Exception) -> DomainLMError:
+    """A failure of one request, as the error its caller gets."""
+    if isinstance(exc, DomainLMError):
+        return exc
+    return DomainLMError(f"generation failed: {type(exc).__name__}: {exc}")
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
@@ -439,5 +485,5 @@ def _kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
 def _default_kv_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
+        return int(free * 0.3)  # a new row's admission copies the batch's cache once
     return CPU_KV_BYTES

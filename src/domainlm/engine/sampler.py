@@ -62,12 +62,15 @@ def next_tokens(
     top_k = torch.tensor([settings[i].top_k for i in sampled], device=logits.device)
     top_p = torch.tensor([settings[i].top_p for i in sampled], device=logits.device)
     ranks = torch.arange(part.shape[-1], device=logits.device).unsqueeze(0)
-    drop = (top_k.unsqueeze(1) > 0) & (ranks >= top_k.unsqueeze(1))
+    # top-k: the k most likely tokens, and any tied with the k-th (as transformers keeps).
+    kth = ordered.gather(1, (top_k.clamp(min=1) - 1).unsqueeze(1))
+    drop = (top_k.unsqueeze(1) > 0) & (ordered < kth)
     ordered = ordered.masked_fill(drop, float("-inf"))
     probs = ordered.softmax(dim=-1)
-    # top-p: keep the most likely tokens until their mass reaches p (at least one).
+    # top-p: keep the most likely tokens until their mass reaches p (at least one); rows
+    # with p = 1 keep everything (a float sum can fall short of 1).
     before = probs.cumsum(dim=-1) - probs
-    drop = (before > top_p.unsqueeze(1)) & (ranks > 0)
+    drop = (before >= top_p.unsqueeze(1)) & (ranks > 0) & (top_p.unsqueeze(1) < 1.0)
     probs = probs.masked_fill(drop, 0.0)
     for j, row in enumerate(sampled):
         random = randoms[row]
