@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchlib import matmul_peak, model_shape
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 RESULTS = ROOT / "bench" / "results" / "serving.json"
@@ -125,6 +127,19 @@ def replay(trace: list[Item], submit: Callable[[Item, Record], None]) -> list[Re
         records.append(record)
         submit(item, record)
     return records
+
+
+def left_padded(prompts: list[list[int]], pad: int) -> tuple[Any, Any]:
+    """Input ids and attention mask of `prompts` as one left-padded batch."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -232,12 +247,7 @@ class FrozenStatic:
 
         pad = self.tokenizer.pad_token_id
         pad = self.tokenizer.eos_token_id if pad is None else pad
-        width = max(len(item.prompt) for item, _ in group)
-        ids = torch.full((len(group), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, (item, _) in enumerate(group):
-            ids[row, width - len(item.prompt) :] = torch.tensor(item.prompt)
-            mask[row, width - len(item.prompt) :] = 1
+        ids, mask = left_padded([item.prompt for item, _ in group], pad)
         experts = [self.pool.resolve(item.expert) for item, _ in group]
         kwargs: dict[str, Any] = {
             "input_ids": ids,
@@ -374,13 +384,8 @@ class OneAdapter:
                 model.set_adapter(expert)
                 context = contextlib.nullcontext()
             pad = self.tokenizer.eos_token_id
-            width = max(len(item.prompt) for item, _ in group)
             new_tokens = max(item.new_tokens for item, _ in group)
-            ids = torch.full((len(group), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(group), width), dtype=torch.long)
-            for row, (item, _) in enumerate(group):
-                ids[row, width - len(item.prompt) :] = torch.tensor(item.prompt)
-                mask[row, width - len(item.prompt) :] = 1
+            ids, mask = left_padded([item.prompt for item, _ in group], pad)
             with torch.no_grad(), context:
                 model.generate(
                     input_ids=ids,
@@ -425,12 +430,7 @@ def decode_mfu(setup: Setup, rows: int = 32, new_tokens: int = 128) -> dict[str,
     ours = tokens * per_token / seconds / (setup.peak * 1e9)
 
     pad = setup.pool.base.tokenizer.eos_token_id
-    width = max(len(p) for p in prompts)
-    ids = torch.full((rows, width), pad, dtype=torch.long)
-    mask = torch.zeros((rows, width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
+    ids, mask = left_padded(prompts, pad)
     timings = []
     for count in (1, new_tokens):
         start = time.perf_counter()
@@ -522,36 +522,6 @@ def make_experts(base: Any, folder: Path) -> list[Path]:
     return paths
 
 
-def matmul_peak() -> float:
-    """Measured GFLOP/s of a 2048x2048 bf16 matmul (the best of 5)."""
-    import torch
-
-    a, b = torch.randn(2048, 2048, dtype=torch.bfloat16), torch.randn(2048, 2048).bfloat16()
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        best = min(best, (time.perf_counter() - start) / 5)
-    return 2 * 2048**3 / best / 1e9
-
-
-def model_shape(config: Any) -> dict[str, int]:
-    d, layers, ff = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or d // heads
-    per_layer = d * heads * head_dim * 2 + d * kv * head_dim * 2 + 3 * d * ff
-    return {
-        "body": layers * per_layer,
-        "head": d * config.vocab_size,
-        "layers": layers,
-        "hidden": d,
-    }
-
-
 def spread(values: list[float]) -> dict[str, float] | None:
     values = [v for v in values if v is not None]
     if not values:
@@ -597,7 +567,9 @@ def main() -> None:
         for path in paths:
             pool.add(path)
         trace = make_trace(base.tokenizer, args.requests, args.rate, args.seed)
-        setup = Setup(pool, plain, trace, matmul_peak(), model_shape(base.model.config))
+        setup = Setup(
+            pool, plain, trace, matmul_peak()["bf16"], model_shape(base.model.config.to_dict())
+        )
         print(
             f"bf16 matmul peak {setup.peak:.0f} GFLOP/s; {len(trace)} requests over "
             f"{trace[-1].at:.1f} s, {sum(i.new_tokens for i in trace)} tokens"

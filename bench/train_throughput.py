@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import matmul_peak, model_shape
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "train.json"
 EXAMPLES = ROOT / "examples" / "data"
@@ -57,25 +59,6 @@ LORA = {
 }
 #: Who runs each workload, in turn.
 TRAINERS = {"short": ["domainlm", "trl"], "long": ["domainlm", "domainlm_gc", "trl"]}
-
-
-def matmul_peak() -> dict[str, float]:
-    """Measured GFLOP/s of a 2048x2048 matmul in bf16 and fp32."""
-    import torch
-
-    peak = {}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-        for _ in range(3):
-            a @ b
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(5):
-                a @ b
-            best = min(best, (time.perf_counter() - start) / 5)
-        peak[name] = 2 * 2048**3 / best / 1e9
-    return peak
 
 
 def plain_conversations() -> list[list[dict[str, str]]]:
@@ -116,21 +99,8 @@ def _length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
     return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def model_shape(folder: Path) -> dict[str, int]:
-    config = json.loads((folder / "config.json").read_text())
-    d, layers, ff = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
-    heads, kv = (
-        config["num_attention_heads"],
-        config.get("num_key_value_heads") or config["num_attention_heads"],
-    )
-    head_dim = config.get("head_dim") or d // heads
-    per_layer = d * heads * head_dim * 2 + d * kv * head_dim * 2 + 3 * d * ff
-    return {
-        "body": layers * per_layer,
-        "head": d * config["vocab_size"],
-        "layers": layers,
-        "hidden": d,
-    }
+def model_shape_of(folder: Path) -> dict[str, int]:
+    return model_shape(json.loads((folder / "config.json").read_text()))
 
 
 def flops_per_token(shape: dict[str, int], head_fraction: float, mean_context: float) -> float:
@@ -276,7 +246,7 @@ def main() -> None:
     folder, _ = convert_gguf(default_model_file())  # convert once, outside the timings
     tokenizer = AutoTokenizer.from_pretrained(folder)
     peak = matmul_peak()
-    shape = model_shape(folder)
+    shape = model_shape_of(folder)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {w: {} for w in WORKLOADS}
     with tempfile.TemporaryDirectory() as tmp:
         data = {w: write_data(Path(tmp), w, tokenizer) for w in WORKLOADS}

@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from domainlm.engine.adapters import BASE
 from domainlm.errors import DomainLMError
@@ -287,21 +287,64 @@ class Stream:
                 yield piece
 
 
-class Engine(Protocol):
+class Engine:
     """What every engine backend offers (`LocalEngine`, `UpstreamEngine`): callers submit
-    Requests and read Streams, whichever generates the tokens."""
+    Requests and read Streams, whichever generates the tokens. A backend implements
+    `submit` and `close`; the rest is built on them here."""
 
     tokenizer: Any
-    context: int
+    context: int = 0
 
-    def check_length(self, request: Request) -> None: ...
+    def submit(self, request: Request) -> Stream:
+        raise NotImplementedError
 
-    def submit(self, request: Request) -> Stream: ...
+    def close(self) -> None:
+        raise NotImplementedError
 
-    def run(self, requests: list[Request]) -> list[Completion]: ...
+    def check_length(self, request: Request) -> None:
+        if self.context and len(request.prompt) + 1 > self.context:
+            raise DomainLMError(
+                f"prompt of {len(request.prompt)} tokens exceeds the model's context of "
+                f"{self.context} tokens (shorten the conversation or retrieve fewer articles)"
+            )
 
-    def stream(self, request: Request) -> Iterator[str]: ...
+    def check(self, request: Request) -> int:
+        """Raise DomainLMError for a request no backend can run; returns its token budget
+        (its max_new_tokens, within the context)."""
+        if not request.prompt:
+            raise DomainLMError("empty prompt")
+        request.sampling.check()
+        self.check_length(request)
+        budget = request.sampling.max_new_tokens
+        if self.context:
+            budget = max(1, min(budget, self.context - len(request.prompt)))
+        return budget
 
-    def astream(self, request: Request) -> AsyncIterator[str]: ...
+    def run(self, requests: list[Request]) -> list[Completion]:
+        """Completions for `requests`, in order (they run together)."""
+        streams: list[Stream] = []
+        try:
+            for request in requests:
+                streams.append(self.submit(request))
+            return [s.result() for s in streams]
+        finally:
+            for stream in streams:
+                stream.cancel()  # only those not finished: a caller interrupted
 
-    def close(self) -> None: ...
+    def stream(self, request: Request) -> Iterator[str]:
+        """Text pieces of `request` as they become final. Closing the iterator (as a
+        caller does when Ctrl-C interrupts it) cancels the request."""
+        stream = self.submit(request)
+        try:
+            yield from stream
+        finally:
+            stream.cancel()
+
+    async def astream(self, request: Request) -> AsyncIterator[str]:
+        """`stream` for asyncio callers (a client that disconnects cancels the request)."""
+        stream = self.submit(request)
+        try:
+            async for piece in stream:
+                yield piece
+        finally:
+            stream.cancel()

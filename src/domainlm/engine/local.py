@@ -26,7 +26,6 @@ import inspect
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ import torch
 from domainlm.engine.adapters import BASE, AdapterPool
 from domainlm.engine.generation import (
     Completion,
+    Engine,
     Overloaded,
     Request,
     Stream,
@@ -90,7 +90,7 @@ class _Row:
         return len(self.request.prompt) + self.budget
 
 
-class LocalEngine:
+class LocalEngine(Engine):
     """Continuous batching over an AdapterPool's model (see the module docstring).
 
     Args:
@@ -135,13 +135,6 @@ class LocalEngine:
         self._thread: threading.Thread | None = None
 
     # -- callers ------------------------------------------------------------------------
-    def check_length(self, request: Request) -> None:
-        if self.context and len(request.prompt) + 1 > self.context:
-            raise DomainLMError(
-                f"prompt of {len(request.prompt)} tokens exceeds the model's context of "
-                f"{self.context} tokens (shorten the conversation or retrieve fewer articles)"
-            )
-
     def submit(self, request: Request) -> Stream:
         """Queue `request`; its Stream gives the text as it is generated.
 
@@ -150,21 +143,15 @@ class LocalEngine:
                 bigger than the KV-cache limit on its own.
             Overloaded: the queue is full (retry later).
         """
-        if not request.prompt:
-            raise DomainLMError("empty prompt")
-        request.sampling.check()
-        self.check_length(request)
+        budget = self.check(request)
         expert = self.pool.acquire(request.expert)  # no eviction while it is in flight
         try:
-            return self._queue(request, expert)
+            return self._queue(request, expert, budget)
         except BaseException:
             self.pool.release(expert)
             raise
 
-    def _queue(self, request: Request, expert: str) -> Stream:
-        budget = request.sampling.max_new_tokens
-        if self.context:
-            budget = max(1, min(budget, self.context - len(request.prompt)))
+    def _queue(self, request: Request, expert: str, budget: int) -> Stream:
         stream = Stream(request)
         random = None
         if not request.sampling.greedy:
@@ -192,35 +179,6 @@ class LocalEngine:
             self._start()
             self._cond.notify()
         return stream
-
-    def run(self, requests: list[Request]) -> list[Completion]:
-        """Completions for `requests`, in order (they share the running batch)."""
-        streams: list[Stream] = []
-        try:
-            for request in requests:
-                streams.append(self.submit(request))
-            return [s.result() for s in streams]
-        finally:
-            for stream in streams:
-                stream.cancel()  # only those not finished: a caller interrupted
-
-    def stream(self, request: Request) -> Iterator[str]:
-        """Text pieces of `request` as they become final. Closing the iterator (as a
-        caller does when Ctrl-C interrupts it) cancels the request."""
-        stream = self.submit(request)
-        try:
-            yield from stream
-        finally:
-            stream.cancel()
-
-    async def astream(self, request: Request) -> AsyncIterator[str]:
-        """`stream` for asyncio callers (a client that disconnects cancels the request)."""
-        stream = self.submit(request)
-        try:
-            async for piece in stream:
-                yield piece
-        finally:
-            stream.cancel()
 
     def close(self) -> None:
         """Stop the worker; requests still queued or running fail with a clear error."""

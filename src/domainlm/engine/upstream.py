@@ -23,13 +23,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from domainlm.engine.adapters import BASE
 from domainlm.engine.generation import (
     Completion,
+    Engine,
     Overloaded,
     Request,
     Stream,
@@ -65,7 +65,7 @@ def _parent(model: Any) -> str | None:
     )
 
 
-class UpstreamEngine:
+class UpstreamEngine(Engine):
     """Requests to an OpenAI-compatible server, one stream each.
 
     Args:
@@ -127,17 +127,8 @@ class UpstreamEngine:
     def names(self) -> list[str]:
         return list(self.models)
 
-    def check_length(self, request: Request) -> None:
-        if self.context and len(request.prompt) + 1 > self.context:
-            raise DomainLMError(
-                f"prompt of {len(request.prompt)} tokens exceeds the model's context of "
-                f"{self.context} tokens (shorten the conversation or retrieve fewer articles)"
-            )
-
     def submit(self, request: Request) -> Stream:
-        if not request.prompt:
-            raise DomainLMError("empty prompt")
-        self.check_length(request)
+        self.check(request)
         if request.expert not in self.models:
             raise DomainLMError(
                 f"no expert {request.expert!r} upstream (loaded: {', '.join(self.models)})"
@@ -156,31 +147,6 @@ class UpstreamEngine:
             self._active += 1
         self._start(stream)
         return stream
-
-    def run(self, requests: list[Request]) -> list[Completion]:
-        streams: list[Stream] = []
-        try:
-            for request in requests:
-                streams.append(self.submit(request))
-            return [s.result() for s in streams]
-        finally:
-            for stream in streams:
-                stream.cancel()
-
-    def stream(self, request: Request) -> Iterator[str]:
-        stream = self.submit(request)
-        try:
-            yield from stream
-        finally:
-            stream.cancel()
-
-    async def astream(self, request: Request) -> AsyncIterator[str]:
-        stream = self.submit(request)
-        try:
-            async for piece in stream:
-                yield piece
-        finally:
-            stream.cancel()
 
     def close(self) -> None:
         with self._cond:
@@ -220,9 +186,7 @@ class UpstreamEngine:
             self._finish(stream, "", 0, "cancelled")
             return
         sampling = request.sampling
-        budget = sampling.max_new_tokens
-        if self.context:
-            budget = max(1, min(budget, self.context - len(request.prompt)))
+        budget = self.check(request)
         prompt: Any = request.prompt
         if self.prompt_format == "text":
             prompt = decode(self.tokenizer, request.prompt)
