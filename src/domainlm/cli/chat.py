@@ -91,7 +91,10 @@ def ask(
     if not question.strip():
         raise DomainLMError("the question is empty")
     assistant = _assistant(model, experts, kb, tools, chat_format, max_new_tokens, temperature)
-    reply = assistant.reply(Session(), question, expert=expert)
+    try:
+        reply = assistant.reply(Session(), question, expert=expert)
+    finally:
+        assistant.close()
     if as_json:
         out.print(json.dumps(reply.to_dict(), ensure_ascii=False), markup=False, highlight=False)
     else:
@@ -117,7 +120,14 @@ def chat(
     from domainlm.engine.assistant import Session
 
     assistant = _assistant(model, experts, kb, tools, chat_format, max_new_tokens, temperature)
-    session, state = Session(expert=expert), {"kb": kb is not None}
+    try:
+        _conversation(assistant, Session(expert=expert), {"kb": kb is not None})
+    finally:
+        assistant.close()
+
+
+def _conversation(assistant: Assistant, session: Session, state: dict[str, bool]) -> None:
+    """The chat's read-answer loop, until /quit, Ctrl-D or Ctrl-C at the prompt."""
     out.print(f"experts: {', '.join(assistant.pool.names)}   {HELP}", markup=False)
     while True:
         try:

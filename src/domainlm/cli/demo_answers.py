@@ -51,7 +51,6 @@ def statute_kb(folder: Path) -> Any:
 
 def answer_questions(model: str, kb: Any) -> None:
     """Three legal questions (grounded in `kb`) and one computation (finance tools)."""
-    from domainlm.engine.assistant import Session
     from domainlm.engine.generation import Sampling
     from domainlm.engine.setup import build_assistant
 
@@ -65,6 +64,15 @@ def answer_questions(model: str, kb: Any) -> None:
         err.print(f"skipping the answers: {exc}", markup=False)
         return
     assistant.kb = kb
+    try:
+        _answer(assistant, model, kb, started)
+    finally:
+        assistant.close()
+
+
+def _answer(assistant: Any, model: str, kb: Any, started: float) -> None:
+    from domainlm.engine.assistant import Session
+
     out.print(f"\nmodel {model} loaded in {time.perf_counter() - started:.1f}s", markup=False)
     for question in LEGAL_QUESTIONS:
         reply = assistant.reply(Session(), question, use_kb=kb is not None, use_tools=False)

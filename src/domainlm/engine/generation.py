@@ -320,12 +320,22 @@ class Engine:
             budget = max(1, min(budget, self.context - len(request.prompt)))
         return budget
 
-    def run(self, requests: list[Request]) -> list[Completion]:
-        """Completions for `requests`, in order (they run together)."""
+    def submit_all(self, requests: list[Request]) -> list[Stream]:
+        """`submit` each of `requests` (a backend may queue them at once)."""
         streams: list[Stream] = []
         try:
             for request in requests:
                 streams.append(self.submit(request))
+        except BaseException:
+            for stream in streams:
+                stream.cancel()
+            raise
+        return streams
+
+    def run(self, requests: list[Request]) -> list[Completion]:
+        """Completions for `requests`, in order (they run together)."""
+        streams = self.submit_all(requests)
+        try:
             return [s.result() for s in streams]
         finally:
             for stream in streams:

@@ -22,9 +22,11 @@ request (`engine.kvcache`).
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,15 +145,41 @@ class LocalEngine(Engine):
                 bigger than the KV-cache limit on its own.
             Overloaded: the queue is full (retry later).
         """
-        budget = self.check(request)
-        expert = self.pool.acquire(request.expert)  # no eviction while it is in flight
-        try:
-            return self._queue(request, expert, budget)
-        except BaseException:
-            self.pool.release(expert)
-            raise
+        return self.submit_all([request])[0]
 
-    def _queue(self, request: Request, expert: str, budget: int) -> Stream:
+    def submit_all(self, requests: list[Request]) -> list[Stream]:
+        """`submit` for several requests, queued at once: an idle engine starts them in
+        the same step, so what they share of the batch does not depend on timing (in bf16
+        a row's numbers depend a little on its batch)."""
+        rows: list[_Row] = []
+        try:
+            for request in requests:
+                budget = self.check(request)
+                expert = self.pool.acquire(request.expert)  # not evicted while in flight
+                try:
+                    rows.append(self._row(request, expert, budget))
+                except BaseException:
+                    self.pool.release(expert)
+                    raise
+            with self._cond:
+                if self._closed:
+                    raise DomainLMError("the engine is closed")
+                if len(self._waiting) + len(rows) > self.max_queue:
+                    raise Overloaded(
+                        f"overloaded: {len(self._waiting)} requests are waiting; retry later"
+                    )
+                for row in rows:
+                    row.stream.when_done(lambda expert=row.expert: self.pool.release(expert))
+                self._waiting.extend(rows)
+                self._start()
+                self._cond.notify()
+        except BaseException:
+            for row in rows:
+                self.pool.release(row.expert)
+            raise
+        return [row.stream for row in rows]
+
+    def _row(self, request: Request, expert: str, budget: int) -> _Row:
         stream = Stream(request)
         random = None
         if not request.sampling.greedy:
@@ -167,18 +195,7 @@ class LocalEngine(Engine):
                 f"{need / 2**20:.0f} MiB of KV cache; the engine's limit is "
                 f"{self.max_kv_bytes / 2**20:.0f} MiB (lower max_new_tokens or raise the limit)"
             )
-        with self._cond:
-            if self._closed:
-                raise DomainLMError("the engine is closed")
-            if len(self._waiting) >= self.max_queue:
-                raise Overloaded(
-                    f"overloaded: {len(self._waiting)} requests are waiting; retry later"
-                )
-            stream.when_done(lambda: self.pool.release(expert))
-            self._waiting.append(row)
-            self._start()
-            self._cond.notify()
-        return stream
+        return row
 
     def close(self) -> None:
         """Stop the worker; requests still queued or running fail with a clear error."""
@@ -208,6 +225,7 @@ class LocalEngine(Engine):
     # -- the worker ---------------------------------------------------------------------
     def _start(self) -> None:
         if self._thread is None:
+            _LIVE.add(self)
             self._thread = threading.Thread(target=self._loop, daemon=True, name="engine")
             self._thread.start()
 
@@ -403,6 +421,17 @@ class LocalEngine(Engine):
             self.stats.cancelled += 1
         else:
             self.stats.finished += 1
+
+
+#: Engines whose worker runs: stopped at exit, so that no forward pass is cut off by the
+#: interpreter's shutdown (a torch op in a dying daemon thread aborts the process).
+_LIVE: weakref.WeakSet[LocalEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for engine in list(_LIVE):
+        engine.close()
 
 
 def _own_error(exc: Exception) -> DomainLMError:
