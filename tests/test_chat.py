@@ -113,8 +113,12 @@ def test_empty_lines_are_not_sent_and_ctrl_c_at_the_prompt_ends_the_chat(
 #: `domainlm chat` on the tiny model made slow (50 ms a token) and unable to end its reply
 #: by itself, so that Ctrl-C surely falls inside a reply; says "generating" when it starts.
 SLOW_CHAT = """
-import sys, time
+import signal, sys, time
 import domainlm.engine.setup as setup
+
+# As in a terminal: a job started in the background by a shell (as CI may start the
+# tests) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from domainlm.cli.main import main
 
 build = setup.build_assistant
