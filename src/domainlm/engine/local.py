@@ -127,6 +127,12 @@ class LocalEngine(Engine):
         self.max_kv_bytes = max_kv_bytes or _default_kv_bytes(self.device)
         self.eos = _eos_ids(self.tokenizer, model)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        # Decode steps on CPU run plain (eager) attention: one query per row against a
+        # short padded row beats SDPA's CPU kernel with a mask (~20% faster steps for
+        # SmolLM2 at 32 rows); prefill keeps the model's own (long chunks).
+        self._config = config
+        own = getattr(config, "_attn_implementation", None)
+        self._decode_attention = "eager" if self.device.type == "cpu" and own == "sdpa" else None
         self.stats = EngineStats()
         self._cond = threading.Condition()
         self._waiting: deque[_Row] = deque()
@@ -357,13 +363,20 @@ class LocalEngine(Engine):
         rows = self._running
         ids = torch.tensor([[r.last] for r in rows], device=self.device)
         mask, positions = self._cache.decode_inputs(self.device)
-        logits = self._forward(
-            ids,
-            [r.expert for r in rows],
-            past_key_values=self._cache,
-            attention_mask=mask,
-            position_ids=positions,
-        )
+        own = getattr(self._config, "_attn_implementation", None)
+        if self._decode_attention is not None:  # every attention layer reads the config
+            self._config._attn_implementation = self._decode_attention
+        try:
+            logits = self._forward(
+                ids,
+                [r.expert for r in rows],
+                past_key_values=self._cache,
+                attention_mask=mask,
+                position_ids=positions,
+            )
+        finally:
+            if self._decode_attention is not None:
+                self._config._attn_implementation = own
         self._cache.stepped()
         self.stats.steps += 1
         self.stats.decode_tokens += len(rows)
