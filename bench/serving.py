@@ -89,6 +89,7 @@ class Record:
     new_tokens: int
     token_times: list[float] = field(default_factory=list)
     done: float | None = None
+    streamed: bool = True  # False: all its tokens came at once (no inter-token latency)
 
 
 def make_trace(tokenizer: Any, requests: int, rate: float, seed: int) -> list[Item]:
@@ -155,7 +156,12 @@ def summarise_run(records: list[Record], seconds: float) -> dict[str, Any]:
     end = max((r.done for r in finished if r.done is not None), default=records[0].arrival)
     span = max(end - records[0].arrival, 1e-9)
     ttft = [r.token_times[0] - r.arrival for r in finished]
-    gaps = [b - a for r in finished for a, b in zip(r.token_times, r.token_times[1:], strict=False)]
+    gaps = [
+        b - a
+        for r in finished
+        if r.streamed
+        for a, b in zip(r.token_times, r.token_times[1:], strict=False)
+    ]
     return {
         "finished": len(finished),
         "requests": len(records),
@@ -267,6 +273,7 @@ class FrozenStatic:
         for _, record in group:
             record.token_times = [now] * record.new_tokens
             record.done = now
+            record.streamed = False
 
 
 def run_static(setup: Setup, trace: list[Item], deadline: float) -> dict[str, Any]:
@@ -282,7 +289,7 @@ def _run_batches(server: Any, trace: list[Item], deadline: float) -> dict[str, A
     finished.start()
     finished.join(timeout=max(started + deadline - time.perf_counter(), 0.001))
     snapshot = [
-        Record(r.arrival, r.new_tokens, list(r.token_times), r.done)
+        Record(r.arrival, r.new_tokens, list(r.token_times), r.done, r.streamed)
         if r.done is not None and r.done <= started + deadline
         else Record(r.arrival, r.new_tokens)
         for r in records
@@ -399,6 +406,7 @@ class OneAdapter:
             for _, record in group:
                 record.token_times = [now] * record.new_tokens
                 record.done = now
+                record.streamed = False
 
 
 def run_one_adapter(setup: Setup, trace: list[Item], deadline: float) -> dict[str, Any]:
