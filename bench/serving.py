@@ -217,6 +217,7 @@ class FrozenStatic:
         self.pool, self.max_batch, self.max_wait = pool, max_batch, max_wait
         self.tokenizer = pool.base.tokenizer
         self.queue: queue.Queue[Any] = queue.Queue()
+        self.abandoned = False  # past the deadline: what is left is not run
         self.worker = threading.Thread(target=self._loop, daemon=True)
         self.worker.start()
 
@@ -251,6 +252,9 @@ class FrozenStatic:
     def _batch(self, group: list[Any], new_tokens: int) -> None:
         import torch
 
+        if self.abandoned:
+            return
+
         pad = self.tokenizer.pad_token_id
         pad = self.tokenizer.eos_token_id if pad is None else pad
         ids, mask = left_padded([item.prompt for item, _ in group], pad)
@@ -281,8 +285,8 @@ def run_static(setup: Setup, trace: list[Item], deadline: float) -> dict[str, An
 
 
 def _run_batches(server: Any, trace: list[Item], deadline: float) -> dict[str, Any]:
-    """Replay against a server whose records are filled by its worker; a run past the
-    deadline leaves its unfinished records empty (the worker is left to finish alone)."""
+    """Replay against a server whose records are filled by its worker; past the deadline
+    its unfinished records stay empty and it runs nothing more."""
     started = time.perf_counter()
     records = replay(trace, server.submit)
     finished = threading.Thread(target=server.close, daemon=True)
@@ -294,7 +298,8 @@ def _run_batches(server: Any, trace: list[Item], deadline: float) -> dict[str, A
         else Record(r.arrival, r.new_tokens)
         for r in records
     ]
-    finished.join()  # past the deadline too: the model is shared with the next configuration
+    server.abandoned = True  # the batch running now ends; nothing after it starts
+    finished.join()  # the model is shared with the next configuration
     return summarise_run(snapshot, time.perf_counter() - started)
 
 
@@ -357,6 +362,7 @@ class OneAdapter:
         self.waiting: list[tuple[Item, Record]] = []
         self.cond = threading.Condition()
         self.closing = False
+        self.abandoned = False  # past the deadline: what is left is not run
         self.worker = threading.Thread(target=self._loop, daemon=True)
         self.worker.start()
 
@@ -379,7 +385,7 @@ class OneAdapter:
         while True:
             with self.cond:
                 self.cond.wait_for(lambda: self.waiting or self.closing)
-                if not self.waiting:
+                if not self.waiting or self.abandoned:
                     return
                 expert = self.waiting[0][0].expert
                 group = [e for e in self.waiting if e[0].expert == expert][: self.max_batch]
