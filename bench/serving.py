@@ -440,6 +440,7 @@ def decode_mfu(setup: Setup, rows: int = 32, new_tokens: int = 128) -> dict[str,
     engine.run([Request(p, EXPERTS[i % 4], sampling) for i, p in enumerate(prompts)])
     seconds = engine.stats.decode_seconds - before[0]
     tokens = engine.stats.decode_tokens - before[1]
+    steps = tokens / rows
     engine.close()
     ours = tokens * per_token / seconds / (setup.peak * 1e9)
 
@@ -464,6 +465,8 @@ def decode_mfu(setup: Setup, rows: int = 32, new_tokens: int = 128) -> dict[str,
         "rows": rows,
         "engine_mfu": ours,
         "engine_decode_tokens_per_s": tokens / seconds,
+        "engine_ms_per_step": seconds / steps * 1000,
+        "flops_per_token": per_token,
         "generate_mfu": theirs,
         "generate_decode_tokens_per_s": rows * (new_tokens - 1) / generate_seconds,
     }
