@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import statistics
 import time
 from typing import Any
 
@@ -40,4 +42,24 @@ def model_shape(config: dict[str, Any]) -> dict[str, int]:
         "head": d * config["vocab_size"],
         "layers": layers,
         "hidden": d,
+    }
+
+
+def spread(values: list[float | None]) -> dict[str, float] | None:
+    """Median, min and max of the values measured (None: nothing was)."""
+    measured = [v for v in values if v is not None]
+    if not measured:
+        return None
+    return {"median": statistics.median(measured), "min": min(measured), "max": max(measured)}
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """What a result was measured on."""
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        **extra,
     }

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import queue
 import random
 import statistics
@@ -52,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib import matmul_peak, model_shape
+from benchlib import machine, matmul_peak, model_shape, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -273,11 +272,16 @@ class FrozenStatic:
                 if names is not None:
                     kwargs["adapter_names"] = names
             self.pool.model.generate(**kwargs)
-        now = time.perf_counter()
-        for _, record in group:
-            record.token_times = [now] * record.new_tokens
-            record.done = now
-            record.streamed = False
+        all_at_once(group)
+
+
+def all_at_once(group: list[tuple[Item, Record]]) -> None:
+    """Record the requests of a static batch as done now, every token at once."""
+    now = time.perf_counter()
+    for _, record in group:
+        record.token_times = [now] * record.new_tokens
+        record.done = now
+        record.streamed = False
 
 
 def run_static(setup: Setup, trace: list[Item], deadline: float) -> dict[str, Any]:
@@ -408,11 +412,7 @@ class OneAdapter:
                     pad_token_id=pad,
                     do_sample=False,
                 )
-            now = time.perf_counter()
-            for _, record in group:
-                record.token_times = [now] * record.new_tokens
-                record.done = now
-                record.streamed = False
+            all_at_once(group)
 
 
 def run_one_adapter(setup: Setup, trace: list[Item], deadline: float) -> dict[str, Any]:
@@ -539,13 +539,6 @@ def make_experts(base: Any, folder: Path) -> list[Path]:
     return paths
 
 
-def spread(values: list[float]) -> dict[str, float] | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 CONFIGS: dict[str, Callable[[Setup, list[Item], float], dict[str, Any]]] = {
     "domainlm": run_domainlm,
     "static": run_static,
@@ -565,8 +558,6 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     args = parser.parse_args()
     configs = args.configs.split(",")
-
-    import torch
 
     from domainlm.engine.adapters import AdapterPool
     from domainlm.engine.setup import device_dtype
@@ -615,13 +606,7 @@ def main() -> None:
             )
     report: dict[str, Any] = {
         "benchmark": "serving an arrival trace, SmolLM2-135M-Instruct + 4 LoRA experts",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "dtype": str(dtype),
-            "bf16_matmul_gflops": setup.peak,
-        },
+        "machine": machine(dtype=str(dtype), bf16_matmul_gflops=setup.peak),
         "setup": vars(args) | {"tokens": sum(i.new_tokens for i in trace)},
         "runs": runs,
         "summary": {},

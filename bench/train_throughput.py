@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import matmul_peak, model_shape
+from benchlib import machine, matmul_peak, model_shape, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "train.json"
@@ -222,10 +221,6 @@ def measure(name: str, workload: str, data: Path, folder: Path) -> dict[str, Any
     return result
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians with min-max of the measured numbers; the run's fixed facts once."""
     measured = ("tokens_per_s", "peak_rss_mb", "seconds", "wall_seconds", "mfu")
@@ -238,7 +233,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    import torch
     from transformers import AutoTokenizer
 
     from domainlm.models.base import convert_gguf, default_model_file
@@ -258,12 +252,7 @@ def main() -> None:
                     runs[workload].setdefault(name, []).append(result)
     report: dict[str, Any] = {
         "benchmark": "LoRA SFT throughput and peak memory, SmolLM2-135M-Instruct",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "matmul_gflops": peak,
-        },
+        "machine": machine(matmul_gflops=peak),
         "setup": {"workloads": WORKLOADS, "batch": BATCH, "lora": LORA, "rounds": ROUNDS},
     }
     print(f"bf16 matmul peak {peak['bf16']:.0f} GFLOP/s (fp32 {peak['fp32']:.0f})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,18 @@ def make_expert(
 
 def tiny_base() -> Any:
     return load_base("tiny")
+
+
+def read_concurrently(engine: Any, requests: list[Any]) -> list[str | None]:
+    """The text of each request's stream, each read by its own thread at the same time."""
+    texts: list[str | None] = [None] * len(requests)
+
+    def read(i: int) -> None:
+        texts[i] = "".join(engine.stream(requests[i]))
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return texts

@@ -4,7 +4,6 @@ its own expert, sampling settings, stop strings and stream; cancellation and lim
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from domainlm.engine.adapters import BASE, AdapterPool
 from domainlm.engine.generation import Overloaded, Request, Sampling, decode
 from domainlm.engine.local import LocalEngine
 from domainlm.errors import DomainLMError
-from tests.engine_helpers import make_expert, tiny_base
+from tests.engine_helpers import make_expert, read_concurrently, tiny_base
 
 GREEDY = Sampling(max_new_tokens=24)
 
@@ -60,17 +59,7 @@ SETTINGS = [
 def test_concurrent_streams_give_what_each_gets_alone(pool: AdapterPool, engine: Any) -> None:
     requests = [Request(_ids(pool, t), e, s, stop) for e, t, s, stop in SETTINGS]
     alone = [_alone(engine, r) for r in requests]
-    results: list[str | None] = [None] * len(requests)
-
-    def read(i: int) -> None:
-        results[i] = "".join(engine.stream(requests[i]))
-
-    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert results == [c.text for c in alone]
+    assert read_concurrently(engine, requests) == [c.text for c in alone]
     assert max(engine.stats.rows_seen) > 1  # they did share decode steps
     assert {c.finish_reason for c in alone} <= {"stop", "length"}
 

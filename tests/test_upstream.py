@@ -18,7 +18,7 @@ from domainlm.engine.generation import Request, Sampling
 from domainlm.engine.local import LocalEngine
 from domainlm.engine.upstream import UpstreamEngine
 from domainlm.errors import DomainLMError
-from tests.engine_helpers import make_expert, tiny_base
+from tests.engine_helpers import make_expert, read_concurrently, tiny_base
 from tests.upstream_front import BASE_ID, serving
 
 
@@ -80,17 +80,7 @@ def test_same_texts_as_the_local_engine(pool: AdapterPool, local: LocalEngine, u
     expected.append(expected[0].split(stop, 1)[0])
     upstream = UpstreamEngine(url, pool.base.tokenizer)
     assert [c.text for c in upstream.run(requests)] == expected
-    texts: list[str | None] = [None] * len(requests)
-
-    def read(i: int) -> None:
-        texts[i] = "".join(upstream.stream(requests[i]))
-
-    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert texts == expected
+    assert read_concurrently(upstream, requests) == expected
     completion = upstream.run([requests[0]])[0]
     assert completion.finish_reason == "length" and completion.tokens == 20
     assert completion.prompt_tokens == len(requests[0].prompt)

@@ -192,26 +192,22 @@ class Stream:
                 self._wake()
 
     def finish(self, completion: Completion) -> None:
-        with self._cond:
-            if self.done:
-                return
-            self._completion = completion
-            self._wake()
-        self._ended()
+        self._end(completion, None)
 
     def fail(self, error: BaseException) -> None:
-        with self._cond:
-            if self.done:
-                return
-            self._error = error
-            self._wake()
-        self._ended()
+        self._end(None, error)
 
     def when_done(self, callback: Any) -> None:
         """Call `callback()` once the request has ended (finished, failed or cancelled)."""
         self._on_done.append(callback)
 
-    def _ended(self) -> None:
+    def _end(self, completion: Completion | None, error: BaseException | None) -> None:
+        """The request's one ending (a later finish or fail is ignored)."""
+        with self._cond:
+            if self.done:
+                return
+            self._completion, self._error = completion, error
+            self._wake()
         callbacks, self._on_done = self._on_done, []
         for callback in callbacks:
             callback()

@@ -70,9 +70,7 @@ class RowLayer(DynamicLayer):
     def _reserve(self, needed: int) -> None:
         """A new buffer with room for `needed` columns and more; the used ones move to 0."""
         assert self.kbuf is not None and self.vbuf is not None
-        capacity = max(_MIN_CAPACITY, 2 * needed)
-        if self.cap is not None:
-            capacity = max(needed, min(capacity, self.cap))
+        capacity = _capacity(needed, self.cap)
         used = self.end - self.start
         shape = (self.kbuf.shape[0], self.kbuf.shape[1], capacity, self.kbuf.shape[3])
         kbuf, vbuf = self.kbuf.new_zeros(shape), self.vbuf.new_zeros(shape)
@@ -80,11 +78,6 @@ class RowLayer(DynamicLayer):
         vbuf[:, :, :used] = self.vbuf[:, :, self.start : self.end]
         self.kbuf, self.vbuf, self.start, self.end = kbuf, vbuf, 0, used
         self._views()
-
-    def bytes(self) -> int:
-        if self.kbuf is None or self.vbuf is None:
-            return 0
-        return (self.kbuf.numel() + self.vbuf.numel()) * self.kbuf.element_size()
 
 
 class RowCache(Cache):
@@ -113,9 +106,6 @@ class RowCache(Cache):
     def width(self) -> int:
         """Columns in use (the longest row's length)."""
         return self.get_seq_length()
-
-    def bytes(self) -> int:
-        return sum(layer.bytes() for layer in self.layers if isinstance(layer, RowLayer))
 
     def set_cap(self, columns: int | None) -> None:
         """The most columns any row will need: buffers never grow past it."""
@@ -168,12 +158,17 @@ class RowCache(Cache):
         self.lengths += other.lengths
 
 
+def _capacity(needed: int, cap: int | None) -> int:
+    """Columns for a buffer that must hold `needed`: twice that (at least _MIN_CAPACITY),
+    but no more than `cap`, the most any row will need."""
+    capacity = max(_MIN_CAPACITY, 2 * needed)
+    return capacity if cap is None else max(needed, min(capacity, cap))
+
+
 def _join(mine: RowLayer, theirs: RowLayer, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """New buffers holding both layers' rows, right-aligned at `width` columns."""
     assert mine.kbuf is not None and theirs.kbuf is not None
-    capacity = max(_MIN_CAPACITY, 2 * width)
-    if mine.cap is not None:
-        capacity = max(width, min(capacity, mine.cap))
+    capacity = _capacity(width, mine.cap)
     rows = mine.kbuf.shape[0] + theirs.keys.shape[0]  # type: ignore[union-attr]
     shape = (rows, mine.kbuf.shape[1], capacity, mine.kbuf.shape[3])
     out = []

@@ -75,7 +75,6 @@ class _Row:
     budget: int  # most new tokens (the request's limit, within the context)
     text: TextTracker
     random: RowRandom | None
-    submitted: float
     cache: RowCache | None = None  # its own, while its prompt is prefilled
     prefilled: int = 0
     tokens: int = 0
@@ -190,10 +189,7 @@ class LocalEngine(Engine):
         random = None
         if not request.sampling.greedy:
             random = RowRandom(request.sampling, self.device)
-        row = _Row(
-            stream, expert, budget, TextTracker(self.tokenizer, request.stop), random,
-            time.perf_counter(),
-        )  # fmt: skip
+        row = _Row(stream, expert, budget, TextTracker(self.tokenizer, request.stop), random)
         need = row.reserved * self.token_bytes
         if need > self.max_kv_bytes:
             raise DomainLMError(
