@@ -4,6 +4,7 @@ its own expert, sampling settings, stop strings and stream; cancellation and lim
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ def _ids(pool: AdapterPool, text: str) -> list[int]:
 
 def _alone(engine: LocalEngine, request: Request) -> Any:
     """The completion of `request` with nothing else in the engine."""
+    # A stream ends as its row finishes; the worker drops the row just after.
+    for _ in range(500):
+        if engine.load == {"waiting": 0, "prefilling": 0, "running": 0}:
+            break
+        time.sleep(0.01)
     assert engine.load == {"waiting": 0, "prefilling": 0, "running": 0}
     return engine.run([request])[0]
 
@@ -178,6 +184,17 @@ def test_overload_and_limits_are_clean_errors(pool: AdapterPool) -> None:
         small.close()
 
 
+def test_prompts_queued_together_are_prefilled_together(pool: AdapterPool, engine: Any) -> None:
+    requests = [Request(_ids(pool, t), e, s, stop) for e, t, s, stop in SETTINGS]
+    requests.append(Request(_ids(pool, "一个字"), "fin", Sampling(max_new_tokens=1)))
+    alone = [_alone(engine, r).text for r in requests]
+    passes = engine.stats.prefill_passes
+    together = engine.run(requests)  # queued at once: one padded prefill of all of them
+    assert engine.stats.prefill_passes == passes + 1
+    assert [c.text for c in together] == alone  # different lengths, experts and settings
+    assert together[-1].tokens == 1  # done at its first token, gone before the decode
+
+
 def test_long_prompts_are_prefilled_in_chunks(pool: AdapterPool) -> None:
     prompt = _ids(pool, "当事人可以约定一方向对方给付定金作为债权的担保。" * 4)
     request = Request(prompt, "law", GREEDY)
@@ -302,3 +319,26 @@ def test_experts_with_requests_in_flight_are_not_evicted(tmp_path: Path) -> None
         assert "fin" in mine.names
     finally:
         engine.close()
+
+
+def test_grouped_decode_attention_matches_transformers_eager() -> None:
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from domainlm.engine.attention import decode_mask, grouped_decode
+
+    torch.manual_seed(0)
+    rows, heads, kv_heads, width, dim = 3, 6, 2, 7, 8
+    query = torch.randn(rows, heads, 1, dim)
+    key, value = torch.randn(2, rows, kv_heads, width, dim)
+    keep = torch.ones(rows, width, dtype=torch.bool)
+    keep[0, :3] = False  # left padding of different lengths
+    keep[2, :1] = False
+    mask = decode_mask(keep, query.dtype)
+
+    class Module(torch.nn.Module):
+        num_key_value_groups = heads // kv_heads
+
+    ours, _ = grouped_decode(Module(), query, key, value, mask, 0.35)
+    theirs, _ = eager_attention_forward(Module().eval(), query, key, value, mask, 0.35)
+    assert ours.shape == theirs.shape == (rows, 1, heads, dim)
+    assert torch.allclose(ours, theirs, atol=1e-6)

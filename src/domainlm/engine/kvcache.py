@@ -115,17 +115,30 @@ class RowCache(Cache):
                 layer.cap = columns
 
     def decode_inputs(self, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attention mask (rows, width + 1) and position ids (rows, 1) for one more
-        token per row."""
+        """Where each row may attend (bool, rows × width + 1) and the position ids
+        (rows, 1) for one more token per row."""
         width = self.width
         lengths = torch.tensor(self.lengths, device=device)
         columns = torch.arange(width + 1, device=device)
         mask = columns.unsqueeze(0) >= (width - lengths).unsqueeze(1)
-        return mask.long(), lengths.unsqueeze(1)
+        return mask, lengths.unsqueeze(1)
 
     def stepped(self) -> None:
         """Every row took one more token (after a decode step)."""
         self.lengths = [n + 1 for n in self.lengths]
+
+    def clear_padding(self) -> None:
+        """Zero every row's columns before its tokens (after a padded prefill, they hold
+        whatever the padding computed; a masked column must hold finite numbers, since a
+        weight of 0 times NaN is NaN)."""
+        for layer in self.layers:
+            if not isinstance(layer, RowLayer) or layer.kbuf is None or layer.vbuf is None:
+                continue
+            width = layer.end - layer.start
+            for row, length in enumerate(self.lengths):
+                if length < width:
+                    layer.kbuf[row, :, layer.start : layer.end - length] = 0
+                    layer.vbuf[row, :, layer.start : layer.end - length] = 0
 
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (in that order); release the columns no row uses any more."""

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from domainlm.engine import attention
 from domainlm.engine.adapters import BASE, AdapterPool
 from domainlm.engine.generation import (
     Completion,
@@ -126,12 +127,13 @@ class LocalEngine(Engine):
         self.max_kv_bytes = max_kv_bytes or _default_kv_bytes(self.device)
         self.eos = _eos_ids(self.tokenizer, model)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        # Decode steps on CPU run plain (eager) attention: one query per row against a
-        # short padded row beats SDPA's CPU kernel with a mask (~20% faster steps for
-        # SmolLM2 at 32 rows); prefill keeps the model's own (long chunks).
+        # Decode steps on CPU run `engine.attention` (grouped queries, no KV copies) where
+        # the model allows; prefill keeps the model's own attention (long chunks).
         self._config = config
-        own = getattr(config, "_attn_implementation", None)
-        self._decode_attention = "eager" if self.device.type == "cpu" and own == "sdpa" else None
+        self._dtype = next(model.parameters()).dtype
+        self._decode_attention = (
+            attention.NAME if self.device.type == "cpu" and attention.usable(model) else None
+        )
         self.stats = EngineStats()
         self._cond = threading.Condition()
         self._waiting: deque[_Row] = deque()
@@ -248,8 +250,9 @@ class LocalEngine(Engine):
                     if self._running:
                         self._decode()
             except Exception as exc:  # a forward pass failed: every row in it gets the error
+                error = _own_error(exc)
                 for row in [*self._prefilling, *self._running]:
-                    row.stream.fail(exc)
+                    row.stream.fail(error)
                 self._prefilling.clear()
                 self._running.clear()
                 self._cache = RowCache()
@@ -296,7 +299,10 @@ class LocalEngine(Engine):
     def _forward(self, ids: torch.Tensor, experts: list[str], **kwargs: Any) -> torch.Tensor:
         """Last-position logits of `ids` (rows, tokens), row i on `experts[i]`."""
         if self._logits_to_keep:
-            kwargs["logits_to_keep"] = 1
+            # An index rather than `1`: the model slices its hidden states with it, and an
+            # indexed copy is contiguous, where a slice of a longer chunk made the output
+            # layer's matmul copy its whole weight (30 ms a prefill for SmolLM2 under peft).
+            kwargs["logits_to_keep"] = torch.tensor([ids.shape[1] - 1], device=self.device)
         with self.pool.batched(experts) as batched:
             if not batched:
                 names = self.pool.peft_names(experts)
@@ -306,20 +312,86 @@ class LocalEngine(Engine):
         return out.logits[:, -1]
 
     def _prefill(self) -> None:
-        """Up to `prefill_chunk` prompt tokens of the rows waiting for their prompt, one
-        forward pass per row; a row's own failure (its forward pass, its sampling) fails it
-        alone."""
+        """Up to `prefill_chunk` prompt tokens of the rows waiting for their prompt. Short
+        prompts that fit whole are prefilled together in one forward pass (left-padded, as
+        the running batch is); a long one takes a chunk of its own per step. A row's own
+        failure (its forward pass, its sampling) fails it alone."""
         budget = self.prefill_chunk
+        together: list[_Row] = []
         for row in list(self._prefilling):
             if budget <= 0:
                 break
+            size = len(row.request.prompt)
+            width = max([size, *(len(r.request.prompt) for r in together)])
+            if row.prefilled == 0 and (len(together) + 1) * width <= self.prefill_chunk:
+                together.append(row)
+                budget = self.prefill_chunk - (len(together) * width)
+                continue
             try:
                 budget -= self._prefill_row(row, budget)
             except Exception as exc:
-                if row in self._prefilling:
-                    self._prefilling.remove(row)
-                row.cache = None
-                row.stream.fail(_own_error(exc))
+                self._fail_prefill(row, exc)
+        if len(together) > 1:
+            try:
+                self._prefill_together(together)
+                return
+            except Exception:  # find whose it was: each alone, below
+                pass
+        for row in together:
+            try:
+                self._prefill_row(row, len(row.request.prompt))
+            except Exception as exc:
+                self._fail_prefill(row, exc)
+
+    def _fail_prefill(self, row: _Row, exc: Exception) -> None:
+        if row in self._prefilling:
+            self._prefilling.remove(row)
+        row.cache = None
+        row.stream.fail(_own_error(exc))
+
+    def _prefill_together(self, rows: list[_Row]) -> None:
+        """Prefill whole prompts in one pass, left-padded, and admit the rows that go on."""
+        prompts = [r.request.prompt for r in rows]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        keep = torch.arange(width, device=self.device).unsqueeze(0) >= (width - lengths)[:, None]
+        positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
+        cache = RowCache(cap=width + max(r.budget for r in rows))
+        started = time.perf_counter()
+        logits = self._forward(
+            ids,
+            [r.expert for r in rows],
+            past_key_values=cache,
+            attention_mask=keep.long(),
+            position_ids=positions,
+        )
+        self.stats.prefill_seconds += time.perf_counter() - started
+        self.stats.prefill_tokens += int(lengths.sum())
+        self.stats.prefill_passes += 1
+        cache.lengths = [len(p) for p in prompts]
+        cache.clear_padding()  # padding positions attended to nothing: no values to keep
+        for row in rows:
+            row.prefilled = len(row.request.prompt)
+            self._prefilling.remove(row)
+            if row.request.sampling.repetition_penalty != 1.0:
+                row.history = list(row.request.prompt)
+        try:
+            tokens: list[int | None] = list(self._sample(logits, rows))
+        except Exception:  # one row's settings or logits fail that row alone
+            tokens = [self._sample_alone(logits[i : i + 1], row) for i, row in enumerate(rows)]
+        going = [
+            i
+            for i, token in enumerate(tokens)
+            if token is not None and not self._accept(rows[i], token)
+        ]
+        if not going:
+            return
+        cache.keep(going)
+        self._cache.set_cap(max(r.reserved for r in [*self._running, *(rows[i] for i in going)]))
+        self._cache.admit(cache)
+        self._running.extend(rows[i] for i in going)
 
     def _prefill_row(self, row: _Row, budget: int) -> int:
         """Prefill up to `budget` more prompt tokens of `row`; returns how many."""
@@ -358,9 +430,11 @@ class LocalEngine(Engine):
         started = time.perf_counter()
         rows = self._running
         ids = torch.tensor([[r.last] for r in rows], device=self.device)
-        mask, positions = self._cache.decode_inputs(self.device)
+        keep, positions = self._cache.decode_inputs(self.device)
+        mask: torch.Tensor = keep.long()
         own = getattr(self._config, "_attn_implementation", None)
         if self._decode_attention is not None:  # every attention layer reads the config
+            mask = attention.decode_mask(keep, self._dtype)
             self._config._attn_implementation = self._decode_attention
         try:
             logits = self._forward(

@@ -46,6 +46,7 @@ class StackedLora:
             self.a[slot, :r] = lora_a[name].weight.detach().to(dtype)
             self.b[slot, :, :r] = lora_b[name].weight.detach().to(dtype)
             self.scale[slot] = float(layer.scaling[name])  # type: ignore[index]
+        self.scales = self.scale.tolist()  # as floats, read without a device sync
         self.slots: torch.Tensor | None = None  # (batch,) slot per row, set per batch
         self.kept_slots: torch.Tensor | None = None  # the last rows' slots, kept between calls
         self.single = False  # every row on one expert: `single_slot`
@@ -55,26 +56,31 @@ class StackedLora:
         self.rank = rank
         self.a_cat = self.a[1:].reshape(-1, fan_in)  # (experts * rank, in)
         self.b_cat = self.b[1:].permute(1, 0, 2).reshape(fan_out, -1)  # (out, experts * rank)
-        self.mask: torch.Tensor | None = None  # (batch, experts, 1), set with the slots
+        self.mask: torch.Tensor | None = None  # (batch, 1, experts * rank), with the slots
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        slots = self.slots
-        assert slots is not None
-        x = x.to(self.a.dtype)
-        if x.dim() == 2:  # (batch, in) without a sequence axis
-            x = x.unsqueeze(1)
+    def add_delta(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """`output` (the base layer's result for input `x`) plus each row's LoRA update;
+        in place when no gradient is wanted (three ops per layer: decode steps run 200 of
+        these hooks, and their count, not their FLOPs, is what they cost on CPU)."""
+        fan_in, fan_out = x.shape[-1], output.shape[-1]
+        flat = x.reshape(-1, fan_in).to(self.a.dtype)
         if self.single:
             # One expert for the whole batch: plain matmuls, as a single-adapter model.
             slot = self.single_slot
             if slot == 0:
-                return torch.zeros(())
-            down = x @ self.a[slot].T
-            return (down @ self.b[slot].T) * self.scale[slot]
-        assert self.mask is not None
-        rows, seq = x.shape[0], x.shape[1]
-        down = (x @ self.a_cat.T).view(rows, seq, -1, self.rank)  # (batch, seq, experts, rank)
-        down = down * self.mask.unsqueeze(1)  # zero every expert but the row's own, scaled
-        return down.view(rows, seq, -1) @ self.b_cat.T  # (batch, seq, out)
+                return output
+            down = flat @ self.a[slot].T
+            b, scale = self.b[slot].T, self.scales[slot]
+        else:
+            assert self.mask is not None
+            down = (flat @ self.a_cat.T).view(x.shape[0], -1, self.a_cat.shape[0])
+            down = (down * self.mask).view(flat.shape[0], -1)  # the row's own expert, scaled
+            b, scale = self.b_cat.T, 1.0
+        if torch.is_grad_enabled() or output.dtype != b.dtype or not output.is_contiguous():
+            update = (down @ b) * scale
+            return output + update.view(output.shape).to(output.dtype)
+        output.view(-1, fan_out).addmm_(down, b, alpha=scale)
+        return output
 
 
 def supported(layer: nn.Module, names: list[str]) -> bool:
@@ -139,10 +145,11 @@ class MultiLora:
         slots = torch.tensor([self.slot_of.get(e or "", 0) for e in experts], device=device)
         for layer in self.layers:
             layer.slots = slots
-            # (batch, experts, 1): the row's scale at its own expert, zero elsewhere and
-            # for base rows (slot 0).
+            # (batch, 1, experts * rank): the row's scale on its own expert's rank columns,
+            # zero elsewhere and for base rows (slot 0).
             onehot = torch.nn.functional.one_hot(slots, len(self.names) + 1)[:, 1:]
-            layer.mask = (onehot.to(layer.scale.dtype) * layer.scale[1:]).unsqueeze(-1)
+            scaled = onehot.to(layer.scale.dtype) * layer.scale[1:]
+            layer.mask = scaled.repeat_interleave(layer.rank, dim=1).unsqueeze(1)
             layer.kept_slots = slots
             layer.single = len(set(rows)) == 1
             layer.single_slot = self.slot_of.get(rows[0] or "", 0)
@@ -177,9 +184,6 @@ def _hook(stacked: StackedLora) -> Any:
     def apply(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         if stacked.slots is None:
             return output  # not in a batched-experts call: leave peft's result alone
-        delta = stacked.delta(args[0])
-        if delta.dim() == 0:
-            return output
-        return output + delta.reshape(output.shape).to(output.dtype)
+        return stacked.add_delta(args[0], output)
 
     return apply
