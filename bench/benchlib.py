@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import platform
-import sys
-from pathlib import Path
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 

@@ -64,8 +64,9 @@ def usable(model: Any) -> bool:
         return False
     if getattr(config, "model_type", None) not in _PLAIN:
         return False
-    if getattr(config, "use_sliding_window", False) or getattr(config, "layer_types", None) and any(
-        kind != "full_attention" for kind in config.layer_types
+    if getattr(config, "use_sliding_window", False) or (
+        getattr(config, "layer_types", None)
+        and any(kind != "full_attention" for kind in config.layer_types)
     ):
         return False
     return not getattr(config, "attn_logit_softcapping", None)
