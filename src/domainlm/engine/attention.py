@@ -64,10 +64,8 @@ def usable(model: Any) -> bool:
         return False
     if getattr(config, "model_type", None) not in _PLAIN:
         return False
-    if getattr(config, "use_sliding_window", False) or (
-        getattr(config, "layer_types", None)
-        and any(kind != "full_attention" for kind in config.layer_types)
-    ):
+    kinds = getattr(config, "layer_types", None) or []
+    if getattr(config, "use_sliding_window", False) or any(k != "full_attention" for k in kinds):
         return False
     return not getattr(config, "attn_logit_softcapping", None)
 

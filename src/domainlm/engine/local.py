@@ -430,11 +430,11 @@ class LocalEngine(Engine):
         started = time.perf_counter()
         rows = self._running
         ids = torch.tensor([[r.last] for r in rows], device=self.device)
-        keep, positions = self._cache.decode_inputs(self.device)
-        mask: torch.Tensor = keep.long()
+        allowed, positions = self._cache.decode_inputs(self.device)
+        mask: torch.Tensor = allowed.long()
         own = getattr(self._config, "_attn_implementation", None)
         if self._decode_attention is not None:  # every attention layer reads the config
-            mask = attention.decode_mask(keep, self._dtype)
+            mask = attention.decode_mask(allowed, self._dtype)
             self._config._attn_implementation = self._decode_attention
         try:
             logits = self._forward(
