@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from domainlm.engine.generation import Completion, Request
+from domainlm.engine.generation import Completion, Request, Stream
 from domainlm.engine.local import LocalEngine
 from domainlm.kb.base import build
 from domainlm.models import build_tiny_tokenizer
@@ -34,13 +33,17 @@ class ScriptedModel:
             model.prompts.append(engine.tokenizer.decode(requests[0].prompt))
             return [Completion(model.replies.pop(0), 1, "stop")]
 
-        def stream(engine: LocalEngine, request: Request) -> Iterator[str]:
+        def submit(engine: LocalEngine, request: Request) -> Stream:
             model.prompts.append(engine.tokenizer.decode(request.prompt))
             reply = model.replies.pop(0)
-            yield from (reply[i : i + 2] for i in range(0, len(reply), 2))
+            stream = Stream(request)
+            for i in range(0, len(reply), 2):
+                stream.push(reply[i : i + 2])
+            stream.finish(Completion(reply, 1, "stop", len(request.prompt)))
+            return stream
 
         monkeypatch.setattr(LocalEngine, "run", run)
-        monkeypatch.setattr(LocalEngine, "stream", stream)
+        monkeypatch.setattr(LocalEngine, "submit", submit)
 
 
 def chat(cli: Any, monkeypatch: pytest.MonkeyPatch, lines: list[str], *args: str) -> Any:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from domainlm import __version__
-from domainlm.cli import chat, data, demo, engine, kb, train
+from domainlm.cli import chat, data, demo, engine, kb, serve, train
 from domainlm.cli.console import err
 from domainlm.errors import DomainLMError
 
@@ -27,6 +27,7 @@ app.command("export")(train.export)
 app.command("ask")(chat.ask)
 app.command("chat")(chat.chat)
 app.command("vllm-command")(engine.vllm_command)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:

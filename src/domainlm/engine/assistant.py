@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,9 @@ class Session:
     messages: list[Message] = field(default_factory=list)
     articles: list[Chunk] = field(default_factory=list)
     expert: str | None = None
+    system: str | None = None  # instead of the expert card's system prompt
+    sampling: Sampling | None = None  # instead of the Assistant's
+    usage: Counter[str] = field(default_factory=Counter)  # tokens of every generation
 
 
 @dataclass
@@ -288,7 +292,9 @@ class Assistant:
 
     def _conversation(self, session: Session, name: str, toolset: Toolset | None) -> Conversation:
         card = self.pool.card(name)
-        system = (card.system_prompt if card and card.system_prompt else None) or DEFAULT_SYSTEM
+        system = session.system or (
+            (card.system_prompt if card and card.system_prompt else None) or DEFAULT_SYSTEM
+        )
         if session.articles:
             lines = [f"{i}. {a.citation}：{a.text}" for i, a in enumerate(session.articles, 1)]
             system += "\n\n" + ARTICLES_HEADER + "\n".join(lines)
@@ -296,11 +302,22 @@ class Assistant:
         conversation = Conversation(
             messages=[Message(role="system", content=system), *session.messages], tools=tools
         )
-        if tools and not self._template_shows_tools(tools):
-            # The template has no tool syntax: describe the tools in the system turn.
-            specs = "\n".join(_signature(t) for t in tools)
-            conversation.messages[0].content += "\n\n" + TOOLS_HEADER.format(specs=specs)
-        return conversation
+        return self.describe_tools(conversation)
+
+    def describe_tools(self, conversation: Conversation) -> Conversation:
+        """`conversation` as the model should see it: when its template has no tool syntax,
+        the tools are described in the system turn (one is added if there is none)."""
+        tools = conversation.tools
+        if not tools or self._template_shows_tools(tools):
+            return conversation
+        specs = TOOLS_HEADER.format(specs="\n".join(_signature(t) for t in tools))
+        messages = list(conversation.messages)
+        if messages and messages[0].role == "system":
+            first = messages[0]
+            messages[0] = first.model_copy(update={"content": first.content + "\n\n" + specs})
+        else:
+            messages.insert(0, Message(role="system", content=specs))
+        return conversation.model_copy(update={"messages": messages})
 
     def _template_shows_tools(self, tools: list[ToolSpec]) -> bool:
         """Whether the chat format puts tool schemas into the prompt by itself (a property
@@ -332,21 +349,20 @@ class Assistant:
             prefix = f'<tool_call>{{"name": "{tool_choice}", "arguments": {{'
             prompt = prompt + self.format.tokenizer(prefix, add_special_tokens=False)["input_ids"]
         stops = [*self.format.stop_strings, "</tool_call>"] if prefix else self.format.stop_strings
-        request = Request(prompt, name, self.sampling, stops)
+        request = Request(prompt, name, session.sampling or self.sampling, stops)
         if on_text is not None:
-            pieces = []
-            stream = self.engine.stream(request)
+            stream = self.engine.submit(request)
             try:
                 for piece in stream:
-                    pieces.append(piece)
                     on_text(piece)
-            finally:  # closed at once: after a Ctrl-C here the generation stops too
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-            text = prefix + "".join(pieces)
+                completion = stream.result()
+            finally:  # at once: after a Ctrl-C (or a caller gone) the generation stops too
+                stream.cancel()
         else:
-            text = prefix + self.engine.run([request])[0].text
+            completion = self.engine.run([request])[0]
+        text = prefix + completion.text
+        session.usage["prompt_tokens"] += len(prompt)
+        session.usage["completion_tokens"] += completion.tokens
         if "<tool_call>" in text and "</tool_call>" not in text:
             # The stop string ended the call, or the model wrote a cut-off closing tag.
             text = text.rstrip().removesuffix("</tool_call").rstrip() + "</tool_call>"

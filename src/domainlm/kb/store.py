@@ -98,7 +98,10 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = path
-        self.conn = sqlite3.connect(str(path))
+        # Shared by the threads that answer (a server's request threads, the engine's
+        # callers): SQLite built thread-safe ("serialized", sqlite3.threadsafety == 3, as
+        # CPython's builds are) serialises the calls itself.
+        self.conn = sqlite3.connect(str(path), check_same_thread=sqlite3.threadsafety != 3)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.executescript(_SCHEMA)

@@ -1,0 +1,1 @@
+"""`domainlm serve`: an OpenAI-compatible API and web chat over the engine."""
