@@ -4,6 +4,7 @@ calls or citations)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -367,3 +368,80 @@ def test_metrics_health_and_page(setup: Any) -> None:
 def test_call_splitter_never_leaks_a_call(pieces: list[str], content: str) -> None:
     splitter = CallSplitter(["get_rate"])
     assert "".join(splitter.feed(p) for p in pieces) == content
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_web_page_streams_a_reply_with_citations_and_shows_the_kill_switch(
+    setup: Any, scripted: ScriptedEngine, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    scripted.delay = 0.01
+    scripted.replies = ["依据《民法典》第五百八十六条，定金的数额由当事人约定。"]
+    url = setup[1]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda dialog: dialog.accept(ALICE))  # the API key prompt
+            page.goto(url + "/")
+            page.wait_for_selector("#model option[value='law-assistant']", state="attached")
+            page.select_option("#model", "law-assistant")
+            page.fill("#input", "定金有上限吗？")
+            page.press("#input", "Enter")
+            page.wait_for_selector(".msg.assistant .body p", timeout=30_000)
+            page.wait_for_selector("#citations .verdict.current", timeout=30_000)
+            assert "第五百八十六条" in page.inner_text(".msg.assistant .body")
+            assert "定金" in page.inner_text("#citations")
+            page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+            post(setup, "/admin/switch", {"on": False, "message": "暂停服务，稍后再试"}, key=ADMIN)
+            try:
+                page.reload()
+                page.wait_for_selector("#banner", state="visible", timeout=15_000)
+                assert "暂停服务" in page.inner_text("#banner")
+                assert not page.is_visible("#chat")
+            finally:
+                post(setup, "/admin/switch", {"on": True}, key=ADMIN)
+        finally:
+            browser.close()
+
+
+def test_rate_limits_are_shared_by_replicas_through_redis(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from domainlm.serve.api import APIError
+    from domainlm.serve.ops import Caller, RateLimits
+    from tests.upstream_front import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs redis-server (Debian's redis-server package; .ci/run installs it)")
+    port = free_port()
+    redis = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        uri = f"redis://127.0.0.1:{port}"
+        first, second = RateLimits(uri), RateLimits(uri)  # two replicas of the server
+        for _ in range(200):  # until the server answers
+            with contextlib.suppress(Exception):
+                if first.storage.check():
+                    break
+            time.sleep(0.05)
+        caller = Caller("carol", ("*",), 3, 1000, admin=False)
+        first.check(caller, 10)
+        second.check(caller, 10)
+        headers = first.check(caller, 10)
+        assert headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(APIError) as refused:
+            second.check(caller, 10)
+        assert refused.value.status == 429 and int(refused.value.headers["retry-after"]) >= 1
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
