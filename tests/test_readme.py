@@ -28,6 +28,8 @@ NOT_HERE = {
     "accelerate launch": "needs GPUs (the 2-process gloo run in test_resume covers the DDP path)",
     "make test": "is this test suite",
     "make demo": "installs packages; the demo itself runs in test_project",
+    "domainlm serve": "runs until stopped: test_serve serves the same app on 127.0.0.1",
+    "curl ": "needs that server: test_serve sends the same requests with the openai client",
 }
 #: Commands the `slow` tier runs: they load (or train) the default model.
 SLOW = (

@@ -61,6 +61,7 @@ class Session:
     system: str | None = None  # instead of the expert card's system prompt
     sampling: Sampling | None = None  # instead of the Assistant's
     usage: Counter[str] = field(default_factory=Counter)  # tokens of every generation
+    finish_reason: str = "stop"  # of the last generation: "stop" or "length"
 
 
 @dataclass
@@ -363,6 +364,7 @@ class Assistant:
         text = prefix + completion.text
         session.usage["prompt_tokens"] += len(prompt)
         session.usage["completion_tokens"] += completion.tokens
+        session.finish_reason = "length" if completion.finish_reason == "length" else "stop"
         if "<tool_call>" in text and "</tool_call>" not in text:
             # The stop string ended the call, or the model wrote a cut-off closing tag.
             text = text.rstrip().removesuffix("</tool_call").rstrip() + "</tool_call>"

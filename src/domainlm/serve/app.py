@@ -883,7 +883,7 @@ async def _profile_chat(
             {
                 "id": chat_id, "object": "chat.completion", "created": created,
                 "model": profile.name, "usage": usage(),
-                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                "choices": [{"index": 0, "finish_reason": session.finish_reason, "logprobs": None,
                              "message": {"role": "assistant", "content": reply.text}}],
                 "domainlm": extension(reply),
             },
@@ -911,7 +911,7 @@ async def _profile_chat(
             if not sent and reply.text:
                 yield chunk({"content": reply.text})
             record("ok")
-            yield chunk({}, "stop")
+            yield chunk({}, session.finish_reason)
             yield {**chunk({}), "choices": [], "domainlm": extension(reply)}
             if include_usage:
                 yield {**chunk({}), "choices": [], "usage": usage()}
