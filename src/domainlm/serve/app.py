@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request as HTTPRequest
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from domainlm.chat.conversation import Conversation, FieldError, Message, ToolCall
 from domainlm.chat.formats.chatglm3 import ChatGLM3Format
@@ -175,7 +176,6 @@ def create_app(runtime: Runtime) -> Any:
     """The FastAPI app serving `runtime` (it closes the runtime when it shuts down)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException
 
     server = Server(runtime)
@@ -321,7 +321,18 @@ def create_app(runtime: Runtime) -> Any:
         )
 
     # -- chat ------------------------------------------------------------------------------
-    @app.post("/v1/chat/completions")
+    def body_schema(model: Any) -> dict[str, Any]:
+        """The request body in the OpenAPI document (the route reads the body itself, to
+        cap its size and answer malformed JSON in OpenAI's shape)."""
+        schema = _inline(model.model_json_schema())
+        return {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": schema}},
+            }
+        }
+
+    @app.post("/v1/chat/completions", openapi_extra=body_schema(ChatRequest))
     async def chat_completions(request: HTTPRequest) -> Any:
         caller = caller_of(request)
         body: ChatRequest = read_body(ChatRequest, await body_of(request))
@@ -349,7 +360,7 @@ def create_app(runtime: Runtime) -> Any:
             return _sse(reply.chunks(request, include_usage), headers)
         return JSONResponse(await reply.whole(request), headers=headers)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=body_schema(CompletionRequest))
     async def completions(request: HTTPRequest) -> Any:
         caller = caller_of(request)
         body: CompletionRequest = read_body(CompletionRequest, await body_of(request))
@@ -475,6 +486,24 @@ def create_app(runtime: Runtime) -> Any:
             return HTMLResponse(html, headers={"cache-control": "no-cache"})
 
     return app
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its `$defs` references written out (a self-contained schema)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
 
 
 # -- plain models: the request's own conversation and client-side tools ---------------------
@@ -760,8 +789,6 @@ async def _profile_chat(
     server: Server, request: Any, caller: Caller, body: ChatRequest, target: Target,
     sampling: Sampling,
 ) -> Any:  # fmt: skip
-    from fastapi.responses import JSONResponse
-
     profile = target.profile
     assert profile is not None
     if body.tools:
