@@ -81,6 +81,7 @@ class Item:
     expert: str
     prompt: list[int]
     new_tokens: int
+    question: str = ""  # the user message the prompt renders
 
 
 @dataclass
@@ -113,6 +114,7 @@ def make_trace(tokenizer: Any, requests: int, rate: float, seed: int) -> list[It
                 rng.choice(["base", *EXPERTS]),
                 chat.render_prompt(conversation),
                 rng.randint(16, 256),
+                question,
             )
         )
     return items

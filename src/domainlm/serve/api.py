@@ -74,6 +74,7 @@ class _Sampled(_Body):
     # Extensions vLLM also takes:
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
+    ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
 
     def unsupported(self) -> APIError | None:
         """A 400 for a field set to what DomainLM does not do."""

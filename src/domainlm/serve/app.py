@@ -152,6 +152,7 @@ class Server:
             top_k=body.top_k or 0,
             repetition_penalty=body.repetition_penalty or 1.0,
             seed=body.seed,
+            ignore_eos=body.ignore_eos,
         )
         try:
             sampling.check()
