@@ -38,7 +38,53 @@ def render() -> str:
         parts.append(
             f"## `{' '.join(path)}`\n\n```text\n{command.get_help(context).rstrip()}\n```\n"
         )
+    parts.append(settings_reference())
     return "\n".join(parts)
+
+
+def settings_reference() -> str:
+    """Every `domainlm serve` setting: its key, type, default and meaning."""
+    from pydantic import BaseModel
+
+    from domainlm.serve.settings import ServeSettings
+
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                walk(kind, f"{prefix}{name}.")
+                continue
+            label = str(kind).replace("typing.", "").replace("pathlib.", "")
+            if isinstance(kind, type):
+                label = kind.__name__
+            label = label.replace("|", "\\|")
+            default = (
+                "" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            )
+            text = (field.description or "").replace("|", "\\|")
+            rows.append(f"| `{prefix}{name}` | `{label}` | `{default}` | {text} |")
+
+    walk(ServeSettings, "")
+    return (
+        "## `domainlm serve` settings\n\n"
+        "The YAML file's keys (`recipes/serve.yaml` is an example); `key=value` arguments "
+        "override them (`engine.max_rows=16`). Unknown keys are refused. `profiles` and `keys` "
+        "are lists of the objects below.\n\n" + "\n".join(rows) + "\n\n" + _list_reference()
+    )
+
+
+def _list_reference() -> str:
+    from domainlm.serve.settings import Key, Profile
+
+    out = []
+    for title, model in (("A profile", Profile), ("A key", Key)):
+        out.append(f"{title}:\n")
+        for name, field in model.model_fields.items():
+            out.append(f"- `{name}`: {field.description or ''}")
+        out.append("")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

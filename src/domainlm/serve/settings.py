@@ -63,8 +63,12 @@ class Key(_Strict):
     key: str | None = Field(None, description="the key itself (prefer sha256 in files)")
     sha256: str | None = Field(None, description="hex SHA-256 of the key")
     models: list[str] = Field(default_factory=lambda: ["*"], description="model ids, * for all")
-    requests_per_minute: int | None = Field(None, ge=1, description="default: limits'")
-    tokens_per_minute: int | None = Field(None, ge=1, description="default: limits'")
+    requests_per_minute: int | None = Field(
+        None, ge=1, description="its own limit (default: limits.requests_per_minute)"
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="its own limit (default: limits.tokens_per_minute)"
+    )
     admin: bool = Field(False, description="may call /admin (kill switch, experts)")
 
     @model_validator(mode="after")
