@@ -47,7 +47,7 @@ def serve(
         return
     import uvicorn
 
-    from domainlm.serve.app import create_app
+    from domainlm.serve.app import DrainingServer, create_app
     from domainlm.serve.runtime import build_runtime
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -62,10 +62,11 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        timeout_graceful_shutdown=int(settings.grace_s) or None,
+        timeout_graceful_shutdown=int(settings.grace_s) + 1,
     )
+    DrainingServer(config).run()

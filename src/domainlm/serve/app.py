@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import Request as HTTPRequest
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -160,6 +161,14 @@ class Server:
             raise APIError(400, str(exc), code="invalid_value") from None
         return sampling
 
+    def enter(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
     def submit(self, request: Request) -> Stream:
         try:
             return self.runtime.engine.submit(request)
@@ -171,6 +180,35 @@ class Server:
         except DomainLMError as exc:
             code = "context_length_exceeded" if "context" in str(exc) else "invalid_value"
             raise APIError(400, str(exc), code=code) from None
+
+
+async def _counted(body: AsyncIterator[Any], server: Server) -> AsyncIterator[Any]:
+    try:
+        async for part in body:
+            yield part
+    finally:
+        server.leave()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's Server, with a graceful first stop signal: new requests get 503 at once,
+    those running (streams included) get `grace_s` to finish, then the server stops; a
+    second signal stops it at once."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        state: Server = self.config.app.state.server
+        if state.draining:
+            super().handle_exit(sig, frame)
+            return
+        state.draining = True
+
+        def stop_when_done() -> None:
+            deadline = time.monotonic() + state.settings.grace_s
+            while state.in_flight > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.should_exit = True
+
+        threading.Thread(target=stop_when_done, daemon=True).start()
 
 
 def create_app(runtime: Runtime) -> Any:
@@ -233,13 +271,17 @@ def create_app(runtime: Runtime) -> Any:
             return error_response(
                 APIError(413, f"Request body too large: at most {cap} bytes.", code="too_large")
             )
-        with server.lock:
-            server.in_flight += 1
+        server.enter()
         try:
             response = await call_next(request)
-        finally:
-            with server.lock:
-                server.in_flight -= 1
+        except BaseException:
+            server.leave()
+            raise
+        body = getattr(response, "body_iterator", None)
+        if body is None:
+            server.leave()
+        else:  # a stream is in flight until its last chunk is sent (or the client goes)
+            response.body_iterator = _counted(body, server)
         access.info(
             json.dumps(
                 {
