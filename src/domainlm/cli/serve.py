@@ -62,11 +62,11 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
-    config = uvicorn.Config(
+    server_config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level="warning",
         timeout_graceful_shutdown=int(settings.grace_s) + 1,
     )
-    DrainingServer(config).run()
+    DrainingServer(server_config).run()

@@ -196,7 +196,8 @@ class DrainingServer(uvicorn.Server):
     second signal stops it at once."""
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        state: Server = self.config.app.state.server
+        app: Any = self.config.app
+        state: Server = app.state.server
         if state.draining:
             super().handle_exit(sig, frame)
             return
