@@ -590,3 +590,26 @@ def test_graceful_shutdown_finishes_running_streams_and_refuses_new_requests(
     thread.join(timeout=60)
     assert texts == ["abcdefghij" * 6]  # the running stream finished
     assert not thread.is_alive()  # and then the server stopped
+
+
+def test_embeddings_come_from_the_kb_encoder(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    api = client(setup)
+    with pytest.raises(openai.NotFoundError, match="BM25"):
+        api.embeddings.create(model="any", input="定金")
+    kb = setup[0].kb
+
+    class Encoder:
+        def encode(self, texts: list[str]) -> Any:
+            return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+    monkeypatch.setitem(kb.manifest, "dense", "encoder-folder")
+    monkeypatch.setattr(kb, "_encoder", Encoder())
+    result = api.embeddings.create(model="encoder-folder", input=["定金", "违约金条款"])
+    assert [d.embedding for d in result.data] == [[2.0, 1.0], [5.0, 1.0]]
+    assert result.usage.prompt_tokens > 0
+    with pytest.raises(openai.NotFoundError, match="encoder-folder"):
+        api.embeddings.create(model="other", input="x")
+    with pytest.raises(openai.BadRequestError):
+        api.embeddings.create(model="encoder-folder", input=[""])

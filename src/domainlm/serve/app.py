@@ -356,12 +356,50 @@ def create_app(runtime: Runtime) -> Any:
 
     @app.post("/v1/embeddings")
     async def embeddings(request: HTTPRequest) -> Any:
-        caller_of(request)
-        raise APIError(
-            404,
-            "No embedding model is configured: the knowledge base searches with BM25.",
-            kind="not_found_error",
-            code="no_embedding_model",
+        caller = caller_of(request)
+        kb = runtime.kb
+        spec = kb.manifest.get("dense") if kb is not None else None
+        if not spec:
+            raise APIError(
+                404,
+                "No embedding model is configured: the knowledge base searches with BM25 "
+                "only (build it with `kb build --dense …` to serve its encoder here).",
+                kind="not_found_error",
+                code="no_embedding_model",
+            )
+        data = await body_of(request)
+        if not isinstance(data, dict) or set(data) - {"model", "input", "encoding_format", "user"}:
+            raise APIError(400, 'Send {"model": …, "input": TEXT or [TEXT, …]}', param="input")
+        texts = data.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if (
+            not isinstance(texts, list)
+            or not 1 <= len(texts) <= 256
+            or not all(isinstance(t, str) and 0 < len(t) <= 8192 for t in texts)
+        ):
+            raise APIError(400, "input: 1-256 non-empty texts of at most 8192 characters", "input")
+        encoding = data.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise APIError(400, "encoding_format: float or base64", param="encoding_format")
+        request.state.model = str(data.get("model"))
+        if data.get("model") != spec:
+            raise APIError(
+                404, f"The embedding model here is `{spec}`.", param="model", code="model_not_found"
+            )
+        headers = server.limits.check(caller, sum(len(t) for t in texts))
+        vectors = await asyncio.to_thread(kb.encoder.encode, texts)
+        tokens = sum(len(runtime.engine.tokenizer(t)["input_ids"]) for t in texts)
+        return JSONResponse(
+            {
+                "object": "list",
+                "model": spec,
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": _vector(v, encoding)}
+                    for i, v in enumerate(vectors)
+                ],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+            headers=headers,
         )
 
     # -- chat ------------------------------------------------------------------------------
@@ -530,6 +568,17 @@ def create_app(runtime: Runtime) -> Any:
             return HTMLResponse(html, headers={"cache-control": "no-cache"})
 
     return app
+
+
+def _vector(vector: Any, encoding: str) -> Any:
+    """One embedding as OpenAI sends it: floats, or base64 of little-endian float32."""
+    if encoding == "base64":
+        import base64
+
+        import numpy as np
+
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return [float(x) for x in vector]
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
