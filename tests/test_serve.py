@@ -613,3 +613,35 @@ def test_embeddings_come_from_the_kb_encoder(setup: Any, monkeypatch: pytest.Mon
         api.embeddings.create(model="other", input="x")
     with pytest.raises(openai.BadRequestError):
         api.embeddings.create(model="encoder-folder", input=[""])
+
+
+def test_the_server_runs_unchanged_on_an_upstream_backend(setup: Any, tmp_path: Path) -> None:
+    from domainlm.chat.conversation import Conversation
+    from tests.upstream_front import serving as front
+
+    runtime = setup[0]
+    with front(runtime.engine, {}) as upstream:  # an OpenAI-compatible server, as vLLM
+        settings = load_settings(
+            None,
+            ["model=tiny", "engine.backend=openai", f"engine.url={upstream}", "web=false"],
+        )
+        remote = build_runtime(settings)
+        try:
+            assert type(remote.engine).__name__ == "UpstreamEngine"
+            assert set(remote.experts()) == {"law"}  # read from the upstream's model list
+            with serving(remote) as (url, _):
+                api = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+                messages = [{"role": "user", "content": "定金是什么"}]
+                reply = api.chat.completions.create(
+                    model="law",
+                    messages=messages,
+                    temperature=0,
+                    max_tokens=10,  # type: ignore[arg-type]
+                )
+        finally:
+            remote.close()
+    prompt = runtime.format.render_prompt(Conversation.from_record({"messages": messages}))
+    alone = runtime.engine.run(
+        [Request(prompt, "law", Sampling(max_new_tokens=10), list(runtime.format.stop_strings))]
+    )[0]
+    assert reply.choices[0].message.content == alone.text

@@ -53,10 +53,17 @@ def discover(client: Any) -> tuple[str, list[str]]:
         models = list(client.models.list())
     except Exception as exc:  # the openai client raises its own errors and httpx's
         raise DomainLMError(f"upstream: cannot list models: {_reason(exc)}") from None
+    # A DomainLM server upstream also lists assistant profiles: not adapters to call.
+    models = [m for m in models if _extra(m, "domainlm").get("kind") != "profile"]
     bases = [m.id for m in models if not _parent(m)]
     if not bases:
         raise DomainLMError("upstream: the server lists no base model")
     return bases[0], [m.id for m in models if _parent(m) == bases[0]]
+
+
+def _extra(model: Any, key: str) -> dict[str, Any]:
+    value = getattr(model, key, None) or (getattr(model, "model_extra", None) or {}).get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _parent(model: Any) -> str | None:

@@ -33,7 +33,10 @@ class Runtime:
         return next((p for p in self.settings.profiles if p.name == name), None)
 
     def experts(self) -> list[str]:
-        return [name for name in self.pool.names if name != BASE]
+        """The experts served: loaded here, or listed by the upstream server."""
+        upstream = self.settings.engine.backend == "openai"
+        names = list(getattr(self.engine, "names", [])) if upstream else self.pool.names
+        return [name for name in names if name != BASE]
 
     def close(self) -> None:
         self.engine.close()
@@ -76,8 +79,12 @@ def build_runtime(settings: ServeSettings) -> Runtime:
         for profile in settings.profiles:
             if profile.kb and kb is None:
                 raise DomainLMError(f"profile {profile.name}: kb is on but no kb is configured")
-            if profile.expert not in ("auto", BASE):
-                pool.resolve(profile.expert)  # names the loaded experts if it is not there
+            if profile.expert not in ("auto", BASE, *runtime.experts()):
+                why = pool.skipped.get(profile.expert)
+                raise DomainLMError(
+                    f"profile {profile.name}: no expert {profile.expert!r}"
+                    + (f" ({why})" if why else f" (experts: {', '.join(runtime.experts())})")
+                )
             runtime.assistants[profile.name] = Assistant(
                 pool,
                 chat_format,
@@ -89,9 +96,9 @@ def build_runtime(settings: ServeSettings) -> Runtime:
                 ),
                 engine=engine,
             )
-    except DomainLMError as exc:
+    except DomainLMError:
         engine.close()
-        raise DomainLMError(f"{exc}") from None
+        raise
     return runtime
 
 
