@@ -645,3 +645,42 @@ def test_the_server_runs_unchanged_on_an_upstream_backend(setup: Any, tmp_path: 
         [Request(prompt, "law", Sampling(max_new_tokens=10), list(runtime.format.stop_strings))]
     )[0]
     assert reply.choices[0].message.content == alone.text
+
+
+def test_tool_choice_named_required_and_none(setup: Any, scripted: ScriptedEngine) -> None:
+    api = client(setup)
+    question = [{"role": "user", "content": "How many CNY is 1 USD?"}]
+    named = {"type": "function", "function": {"name": "get_rate"}}
+    scripted.replies = ['"currency": "USD"}}', '"currency": "EUR"}}']
+    forced = api.chat.completions.create(
+        model="base",
+        messages=question,
+        tools=TOOLS,
+        tool_choice=named,  # type: ignore[arg-type]
+    )
+    call = forced.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert (call.function.name, json.loads(call.function.arguments)) == (  # type: ignore[union-attr]
+        "get_rate", {"currency": "USD"},
+    )  # fmt: skip
+    prompt = scripted.tokenizer.decode(scripted.requests[-1].prompt)
+    assert prompt.endswith('<tool_call>{"name": "get_rate", "arguments": {')
+    required = api.chat.completions.create(
+        model="base",
+        messages=question,
+        tools=TOOLS,
+        tool_choice="required",  # type: ignore[arg-type]
+    )
+    assert required.choices[0].finish_reason == "tool_calls"
+    # none: the tools are not offered, and a reply that looks like a call is plain text.
+    scripted.replies = [CALL]
+    plain = api.chat.completions.create(
+        model="base",
+        messages=question,
+        tools=TOOLS,
+        tool_choice="none",  # type: ignore[arg-type]
+    )
+    assert plain.choices[0].message.content == CALL and not plain.choices[0].message.tool_calls
+    assert "get_rate" not in scripted.tokenizer.decode(scripted.requests[-1].prompt)
+    bad = {"type": "function", "function": {"name": "nope"}}
+    with pytest.raises(openai.BadRequestError, match="tool_choice"):
+        api.chat.completions.create(model="base", messages=question, tools=TOOLS, tool_choice=bad)  # type: ignore[arg-type]
