@@ -621,8 +621,6 @@ def _conversation(server: Server, body: ChatRequest) -> tuple[Conversation, list
                 "tool_calls it answers (tool_call_id not found)",
                 param=f"messages[{i}]",
             )
-    if messages[-1].role == "assistant" and not messages[-1].tool_calls:
-        pass  # continuing an assistant turn is the template's business
     tools = [t for t in conversation.tools if t.text is None]
     choice = body.tool_choice
     forced: str | None = None
