@@ -466,12 +466,27 @@ def test_fuzzed_bodies_from_the_openapi_schema_never_give_a_500(
         schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         bodies = from_schema(schema["schema"], junk)
         known = bodies.map(lambda body: {**body, "model": "base"})  # past the model lookup
+        first = (
+            {"messages": [{"role": "user", "content": "hi"}]}
+            if "chat" in path
+            else {"prompt": "hi"}
+        )
+        valid = st.fixed_dictionaries(
+            {"model": st.just("base"), **{k: st.just(v) for k, v in first.items()}},
+            optional={
+                "temperature": st.floats(0, 2),
+                "max_tokens": st.integers(1, 64),
+                "stream": st.booleans(),
+                "stop": st.lists(st.text(min_size=1, max_size=5), max_size=4),
+                "seed": st.integers(0, 2**31),
+            },
+        )
 
         @settings(
             max_examples=60, deadline=None, derandomize=True,
             suppress_health_check=list(HealthCheck),
         )  # fmt: skip
-        @given(body=st.one_of(bodies, known, junk), where=st.just(path))
+        @given(body=st.one_of(valid, bodies, known, junk), where=st.just(path))
         def post_one(body: Any, where: str) -> None:
             scripted.replies = ["ok"]
             response = post(setup, where, json.dumps(body, allow_nan=True).encode())
