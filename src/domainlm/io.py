@@ -134,3 +134,25 @@ def read_lines(
                 yield line_no, SourceError(name, line_no, message + hint)
     finally:
         handle.close()
+
+
+def read_yaml(path: Path, what: str, example: str) -> Any:
+    """The YAML value in `path`, or a one-line DomainLMError naming `what` the file should
+    be (`recipe`, `serve config` …) and an `example` of one."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DomainLMError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise DomainLMError(
+            f"{path}: is a folder; pass a {what} YAML file (e.g. {example})"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DomainLMError(f"{path}: not a YAML {what} (not UTF-8 text: {exc.reason})") from None
+    except OSError as exc:
+        raise DomainLMError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        reason = " ".join(str(exc).split())
+        raise DomainLMError(f"{path}: not valid YAML: {reason}") from None

@@ -10,10 +10,11 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from domainlm.errors import DomainLMError
+from domainlm.io import read_yaml
+from domainlm.train.recipe import apply_override
 
 
 class _Strict(BaseModel):
@@ -155,12 +156,7 @@ def hash_key(key: str) -> str:
 
 
 def read_keys(path: Path) -> list[Key]:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DomainLMError(f"keys file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise DomainLMError(f"keys file {path}: not YAML ({exc})") from None
+    raw = read_yaml(path, "keys file", "a list of {name, sha256, models}")
     if not isinstance(raw, list):
         raise DomainLMError(f"keys file {path}: expected a list of keys")
     try:
@@ -173,34 +169,19 @@ def load_settings(path: Path | None, overrides: list[str] | None = None) -> Serv
     """Settings from a YAML file (None: the defaults) with `a.b=value` overrides applied.
 
     Raises:
-        DomainLMError: an unreadable file, an override without `=`, an unknown key or a
-            value of the wrong type (naming the key).
+        DomainLMError: an unreadable file, an override without `=` or with a value that is
+            not YAML, an unknown key or a value of the wrong type (naming the key).
     """
     data: dict[str, Any] = {}
+    base = Path.cwd()
     if path is not None:
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise DomainLMError(f"{path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise DomainLMError(f"{path}: not YAML ({exc})") from None
+        raw = read_yaml(path, "serve config", "recipes/serve.yaml")
         if raw is not None and not isinstance(raw, dict):
             raise DomainLMError(f"{path}: expected a mapping of settings")
         data = raw or {}
         base = path.parent
-    else:
-        base = Path.cwd()
     for item in overrides or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise DomainLMError(f"override {item!r}: write key=value (e.g. port=8080)")
-        target = data
-        *parents, last = key.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise DomainLMError(f"override {item!r}: {part} is not a section")
-        target[last] = yaml.safe_load(value) if value else ""
+        apply_override(data, item, example="port=8080")  # as a recipe's overrides are read
     try:
         settings = ServeSettings.model_validate(data)
     except ValidationError as exc:

@@ -26,6 +26,7 @@ from pydantic import (
 
 from domainlm.errors import DomainLMError
 from domainlm.expert import PARTIAL_SUFFIX
+from domainlm.io import read_yaml
 from domainlm.models.base import DEFAULT
 from domainlm.models.tokenizer import TINY
 
@@ -184,12 +185,14 @@ class Recipe(_Section):
         return name
 
 
-def apply_override(data: dict[str, Any], override: str) -> tuple[str, ...]:
+def apply_override(
+    data: dict[str, Any], override: str, example: str = "optim.lr=1e-4"
+) -> tuple[str, ...]:
     """Set `a.b.c=value` in nested `data` (`datasets.0.path=...` indexes a list); the value
     is read as YAML (`1e-4`, `true`, `[q, v]`). Returns the key's parts."""
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
-        raise DomainLMError(f"override {override!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
+        raise DomainLMError(f"override {override!r}: expected KEY=VALUE, e.g. {example}")
     parts = tuple(part.strip() for part in key.strip().split("."))
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -271,21 +274,7 @@ def _absolute(value: Any, folder: Path, model: bool = False) -> Any:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DomainLMError(f"{path}: no such recipe") from None
-    except IsADirectoryError:
-        raise DomainLMError(
-            f"{path}: is a folder; pass a recipe YAML file (e.g. recipes/tiny_sft.yaml)"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise DomainLMError(f"{path}: not a YAML recipe (not UTF-8 text: {exc.reason})") from None
-    except OSError as exc:
-        raise DomainLMError(f"{path}: cannot read the recipe: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        reason = " ".join(str(exc).split())
-        raise DomainLMError(f"{path}: not valid YAML: {reason}") from None
+    data = read_yaml(path, "recipe", "recipes/tiny_sft.yaml")
     if not isinstance(data, dict):
         found = "empty" if data is None else f"a YAML {type(data).__name__}"
         raise DomainLMError(
