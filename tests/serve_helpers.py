@@ -13,7 +13,7 @@ from typing import Any
 from domainlm.engine.generation import Completion, Engine, Request, Stream
 from domainlm.serve.app import create_app
 from domainlm.serve.runtime import Runtime
-from tests.upstream_front import free_port
+from tests.upstream_front import on_loopback
 
 
 class ScriptedEngine(Engine):
@@ -60,19 +60,6 @@ class ScriptedEngine(Engine):
 @contextmanager
 def serving(runtime: Runtime) -> Iterator[tuple[str, Any]]:
     """`create_app(runtime)` served on 127.0.0.1 for the block; yields (base URL, app)."""
-    import uvicorn
-
     app = create_app(runtime)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with on_loopback(app) as (url, _, _):
+        yield url, app

@@ -563,48 +563,38 @@ def test_graceful_shutdown_finishes_running_streams_and_refuses_new_requests(
     import signal
     import threading
 
-    import uvicorn
-
     from domainlm.serve.app import DrainingServer, create_app
-    from tests.upstream_front import free_port
+    from tests.upstream_front import on_loopback
 
     runtime = setup[0]
     engine = ScriptedEngine(runtime.engine.tokenizer, ["abcdefghij" * 6], delay=0.05)
     own = Runtime(runtime.settings, runtime.pool, engine, runtime.format, runtime.kb)
     own.raw = runtime.raw
-    port = free_port()
-    server = DrainingServer(
-        uvicorn.Config(create_app(own), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{port}"
     texts: list[str] = []
+    with on_loopback(create_app(own), DrainingServer) as (url, server, thread):
 
-    def read() -> None:
-        stream = openai.OpenAI(base_url=url + "/v1", api_key=ALICE, max_retries=0)
-        chunks = stream.chat.completions.create(
-            model="base", messages=[{"role": "user", "content": "hi"}], stream=True
+        def read() -> None:
+            stream = openai.OpenAI(base_url=url + "/v1", api_key=ALICE, max_retries=0)
+            chunks = stream.chat.completions.create(
+                model="base", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            texts.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        while not engine.streams:
+            time.sleep(0.02)
+        server.handle_exit(signal.SIGTERM, None)  # as `kill` does
+        late = httpx.post(
+            url + "/v1/chat/completions",
+            json={"model": "base", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {ALICE}"},
         )
-        texts.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    while not engine.streams:
-        time.sleep(0.02)
-    server.handle_exit(signal.SIGTERM, None)  # as `kill` does
-    late = httpx.post(
-        url + "/v1/chat/completions",
-        json={"model": "base", "messages": [{"role": "user", "content": "hi"}]},
-        headers={"Authorization": f"Bearer {ALICE}"},
-    )
-    assert late.status_code == 503 and "shutting down" in late.json()["error"]["message"]
-    reader.join(timeout=60)
-    thread.join(timeout=60)
-    assert texts == ["abcdefghij" * 6]  # the running stream finished
-    assert not thread.is_alive()  # and then the server stopped
+        assert late.status_code == 503 and "shutting down" in late.json()["error"]["message"]
+        reader.join(timeout=60)
+        thread.join(timeout=60)
+        assert texts == ["abcdefghij" * 6]  # the running stream finished
+        assert not thread.is_alive()  # and then the server stopped
 
 
 def test_embeddings_come_from_the_kb_encoder(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -109,23 +109,28 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(engine: LocalEngine, faults: dict[str, Any]) -> Iterator[str]:
-    """The front on 127.0.0.1 (a real uvicorn server) for the body of the block; yields
-    its `/v1` URL."""
+def on_loopback(app: Any, server_class: Any = None) -> Iterator[tuple[str, Any, threading.Thread]]:
+    """`app` served by a real uvicorn server (or `server_class`) on 127.0.0.1 for the body
+    of the block; yields its base URL, the server and the thread running it."""
     import uvicorn
 
     port = free_port()
-    config = uvicorn.Config(
-        make_app(engine, faults), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = (server_class or uvicorn.Server)(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}", server, thread
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def serving(engine: LocalEngine, faults: dict[str, Any]) -> Iterator[str]:
+    """The front on 127.0.0.1 for the body of the block; yields its `/v1` URL."""
+    with on_loopback(make_app(engine, faults)) as (url, _, _):
+        yield url + "/v1"
