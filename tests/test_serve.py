@@ -103,6 +103,17 @@ def post(setup: Any, path: str, body: Any, key: str | None = ALICE, **kw: Any) -
     return httpx.post(setup[1] + path, json=body, headers=headers, timeout=60, **kw)
 
 
+def engine_alone(
+    runtime: Runtime, messages: Any, expert: str, tokens: int
+) -> tuple[list[int], Any]:
+    """The prompt the server renders for `messages` and the engine's own greedy completion."""
+    from domainlm.chat.conversation import Conversation
+
+    prompt = runtime.format.render_prompt(Conversation.from_record({"messages": messages}))
+    stops = list(runtime.format.stop_strings)
+    return prompt, runtime.engine.run([Request(prompt, expert, Sampling(tokens), stops)])[0]
+
+
 def test_example_config_loads_and_bad_settings_are_named(tmp_path: Path) -> None:
     settings = load_settings(ROOT / "recipes" / "serve.yaml", ["port=8081", "engine.max_rows=8"])
     assert settings.port == 8081 and settings.engine.max_rows == 8
@@ -139,14 +150,7 @@ def test_chat_whole_and_streamed_agree_with_the_engine(setup: Any) -> None:
         max_tokens=12,  # type: ignore[arg-type]
     )
     choice = whole.choices[0]
-    prompt = runtime.format.render_prompt(
-        __import__(
-            "domainlm.chat.conversation", fromlist=["Conversation"]
-        ).Conversation.from_record({"messages": messages})
-    )
-    alone = runtime.engine.run(
-        [Request(prompt, "law", Sampling(max_new_tokens=12), list(runtime.format.stop_strings))]
-    )[0]
+    prompt, alone = engine_alone(runtime, messages, "law", 12)
     assert choice.message.content == alone.text
     assert whole.usage is not None and whole.usage.prompt_tokens == len(prompt)
     assert whole.usage.completion_tokens == alone.tokens
@@ -621,7 +625,6 @@ def test_embeddings_come_from_the_kb_encoder(setup: Any, monkeypatch: pytest.Mon
 
 
 def test_the_server_runs_unchanged_on_an_upstream_backend(setup: Any, tmp_path: Path) -> None:
-    from domainlm.chat.conversation import Conversation
     from tests.upstream_front import serving as front
 
     runtime = setup[0]
@@ -645,10 +648,7 @@ def test_the_server_runs_unchanged_on_an_upstream_backend(setup: Any, tmp_path: 
                 )
         finally:
             remote.close()
-    prompt = runtime.format.render_prompt(Conversation.from_record({"messages": messages}))
-    alone = runtime.engine.run(
-        [Request(prompt, "law", Sampling(max_new_tokens=10), list(runtime.format.stop_strings))]
-    )[0]
+    _, alone = engine_alone(runtime, messages, "law", 10)
     assert reply.choices[0].message.content == alone.text
 
 

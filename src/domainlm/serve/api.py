@@ -132,6 +132,12 @@ class CompletionRequest(_Sampled):
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1, le=1)
 
+    def unsupported(self) -> APIError | None:
+        error = super().unsupported()
+        if error is None and (self.echo or self.suffix):
+            error = APIError(400, "echo and suffix are not supported", code="unsupported_value")
+        return error
+
 
 def read_body(model: type[BaseModel], data: Any) -> Any:
     """`data` as `model`, or a 400 naming the first bad field."""

@@ -414,17 +414,28 @@ def create_app(runtime: Runtime) -> Any:
             }
         }
 
-    @app.post("/v1/chat/completions", openapi_extra=body_schema(ChatRequest))
-    async def chat_completions(request: HTTPRequest) -> Any:
+    async def accepted(request: HTTPRequest, kind: Any) -> tuple[Caller, Any, Target]:
+        """Who calls, the body read as `kind` (a 400 for what cannot be honoured), and
+        the model it names (404, 403, or 503 when switched off)."""
         caller = caller_of(request)
-        body: ChatRequest = read_body(ChatRequest, await body_of(request))
+        body = read_body(kind, await body_of(request))
         error = body.unsupported()
         if error is not None:
             raise error
         request.state.model = body.model
+        return caller, body, server.target(body.model, caller)
+
+    async def respond(reply: _Reply, body: Any, request: HTTPRequest, headers: Any) -> Any:
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse(reply.chunks(request, include_usage), headers)
+        return JSONResponse(await reply.whole(request), headers=headers)
+
+    @app.post("/v1/chat/completions", openapi_extra=body_schema(ChatRequest))
+    async def chat_completions(request: HTTPRequest) -> Any:
+        caller, body, target = await accepted(request, ChatRequest)
         if server.settings.log_content:  # off by default: questions can be confidential
             request.state.content = json.dumps(body.messages[-1], ensure_ascii=False)[:2000]
-        target = server.target(body.model, caller)
         sampling = server.sampling(body, target, body.limit)
         if target.profile is not None:
             return await _profile_chat(server, request, caller, body, target, sampling)
@@ -436,23 +447,12 @@ def create_app(runtime: Runtime) -> Any:
             stops.append("</tool_call>")
         stream = server.submit(Request(prompt, target.expert, sampling, stops))
         names = [t.name for t in tools]
-        reply = _Reply(server, target.model, stream, prefix, names, len(prompt), body.stops)
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(reply.chunks(request, include_usage), headers)
-        return JSONResponse(await reply.whole(request), headers=headers)
+        reply = _Reply(server, target.model, stream, prefix, names, len(prompt))
+        return await respond(reply, body, request, headers)
 
     @app.post("/v1/completions", openapi_extra=body_schema(CompletionRequest))
     async def completions(request: HTTPRequest) -> Any:
-        caller = caller_of(request)
-        body: CompletionRequest = read_body(CompletionRequest, await body_of(request))
-        error = body.unsupported()
-        if error is not None:
-            raise error
-        if body.echo or body.suffix:
-            raise APIError(400, "echo and suffix are not supported", code="unsupported_value")
-        request.state.model = body.model
-        target = server.target(body.model, caller)
+        caller, body, target = await accepted(request, CompletionRequest)
         if target.profile is not None:
             raise APIError(
                 400,
@@ -474,11 +474,8 @@ def create_app(runtime: Runtime) -> Any:
         sampling = server.sampling(body, target, body.max_tokens or 16)
         headers = server.limits.check(caller, len(ids) + sampling.max_new_tokens)
         stream = server.submit(Request(ids, target.expert, sampling, body.stops))
-        reply = _Reply(server, target.model, stream, "", [], len(ids), body.stops, text=True)
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(reply.chunks(request, include_usage), headers)
-        return JSONResponse(await reply.whole(request), headers=headers)
+        reply = _Reply(server, target.model, stream, "", [], len(ids), text=True)
+        return await respond(reply, body, request, headers)
 
     # -- admin -----------------------------------------------------------------------------
     def admin(request: HTTPRequest) -> Caller:
@@ -682,7 +679,6 @@ class _Reply:
         prefix: str,
         tools: list[str],
         prompt_tokens: int,
-        stops: list[str],
         text: bool = False,
     ):
         self.server = server
@@ -691,7 +687,6 @@ class _Reply:
         self.prefix = prefix
         self.tools = tools
         self.prompt_tokens = prompt_tokens
-        self.stops = stops
         self.text = text  # /v1/completions
         self.id = ("cmpl-" if text else "chatcmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
