@@ -114,6 +114,32 @@ def test_batched_lora_equals_peft_per_row(experts: Path) -> None:
         assert batched and pool.model(input_ids=ids[:2]).logits.shape[0] == 2
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("length", [1, 5])
+def test_batched_lora_in_either_stack_equals_peft(experts: Path, dtype: str, length: int) -> None:
+    """A step with few tokens takes the fp32 stack on CPU, a longer one the model's dtype:
+    both give peft's result, and a one-expert batch takes the single-expert path."""
+    import torch
+
+    base = tiny_base()
+    base.model.to(getattr(torch, dtype))
+    pool = AdapterPool(base, roots=[experts])
+    for name in ("law", "fin"):
+        pool.add(experts / name)
+    ids = torch.tensor([[5, 6, 7, 8, 9][:length]] * 3)
+    tolerance = 1e-5 if dtype == "float32" else 3e-2
+    for rows in (["law", BASE, "fin"], ["fin"] * 3):
+        with torch.no_grad():
+            reference = pool.model(input_ids=ids, adapter_names=pool.peft_names(rows)).logits
+            with pool.batched(rows) as batched:
+                assert batched
+                ours = pool.model(input_ids=ids).logits
+        assert torch.allclose(ours.float(), reference.float(), atol=tolerance, rtol=tolerance)
+        with torch.no_grad(), pool.model.disable_adapter():
+            base_logits = pool.model(input_ids=ids).logits
+        assert not torch.allclose(ours[-1].float(), base_logits[-1].float(), atol=0.1)
+
+
 def test_adapters_on_embeddings_use_peft_path(tmp_path: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model

@@ -24,6 +24,29 @@ from typing import Any
 import torch
 from torch import nn
 
+#: Below this many tokens in a call, the CPU computes the LoRA update in fp32, from this
+#: many on in the model's dtype: oneDNN's bf16 matmuls cost ~15-35 us a call at these
+#: sizes whatever the rows (a one-row step: 36 us against 12 in fp32), and at 32 rows
+#: bf16 is twice as fast as fp32 (80 us against 154 for 576 -> 1536, four experts, r=16).
+FEW_TOKENS = 16
+
+
+class _Stack:
+    """One layer's experts in one dtype, transposed and scaled as the matmuls read them:
+    per slot A^T (in, rank) and scale * B^T (rank, out); slot 0 (the base) and the rank
+    columns an expert of smaller rank leaves unused stay zero. `a_cat`/`b_cat` hold every
+    expert side by side (slot 0 left out) for batches that mix them."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        experts, fan_in, rank = a.shape[0] - 1, a.shape[1], a.shape[2]
+        self.a, self.b = a, b
+        self.a_cat = a[1:].permute(1, 0, 2).reshape(fan_in, experts * rank).contiguous()
+        self.b_cat = b[1:].reshape(experts * rank, -1).contiguous()
+        self.mask: torch.Tensor | None = None  # (batch, 1, experts * rank), 0/1 per row
+
+    def to(self, dtype: torch.dtype) -> _Stack:
+        return _Stack(self.a.to(dtype), self.b.to(dtype))
+
 
 class StackedLora:
     """The stacked adapters of one peft LoRA layer, and the hook that applies them."""
@@ -36,52 +59,54 @@ class StackedLora:
         fan_in = sample.shape[1]
         fan_out = next(lora_b[n].weight for n in names if n in lora_b).shape[0]
         device = sample.device
-        # Kept transposed and scaled, as the matmuls read them: per slot A^T (in, rank)
-        # and scale * B^T (rank, out); slot 0 (the base) and the rank columns an expert
-        # of smaller rank leaves unused stay zero.
-        self.a = torch.zeros(len(names) + 1, fan_in, rank, dtype=dtype, device=device)
-        self.b = torch.zeros(len(names) + 1, rank, fan_out, dtype=dtype, device=device)
+        a = torch.zeros(len(names) + 1, fan_in, rank, dtype=torch.float32, device=device)
+        b = torch.zeros(len(names) + 1, rank, fan_out, dtype=torch.float32, device=device)
         self.adapted = [False] * (len(names) + 1)  # per slot: does it change this layer
         for slot, name in enumerate(names, 1):
             if name not in lora_a:
                 continue  # this expert does not adapt this layer: its slot stays zero
             r = lora_a[name].weight.shape[0]
             scale = float(layer.scaling[name])  # type: ignore[index]
-            self.a[slot, :, :r] = lora_a[name].weight.detach().to(dtype).T
-            self.b[slot, :r] = lora_b[name].weight.detach().to(dtype).T * scale
+            a[slot, :, :r] = lora_a[name].weight.detach().float().T
+            b[slot, :r] = lora_b[name].weight.detach().float().T * scale
             self.adapted[slot] = True
+        self.rank = rank
+        # The stacks for calls with few and with many tokens (the same one on a GPU).
+        self.many = _Stack(a, b).to(dtype)
+        self.few = _Stack(a, b) if device.type == "cpu" else self.many
         self.slots: torch.Tensor | None = None  # (batch,) slot per row, set per batch
         self.kept_slots: torch.Tensor | None = None  # the last rows' slots, kept between calls
         self.single = False  # every row on one expert: `single_slot`
         self.single_slot = 0
-        # All experts side by side (slot 0, the base, left out): one matmul computes every
-        # expert's down-projection, a 0/1 mask per row keeps the row's own, one matmul goes
-        # up (the scale is in B).
-        self.rank = rank
-        self.a_cat = self.a[1:].permute(1, 0, 2).reshape(fan_in, -1).contiguous()
-        self.b_cat = self.b[1:].reshape(-1, fan_out).contiguous()  # (experts * rank, out)
-        self.mask: torch.Tensor | None = None  # (batch, 1, experts * rank), with the slots
+
+    def set_mask(self, onehot: torch.Tensor) -> None:
+        """`onehot` (batch, experts): each row's expert; base rows are all zero."""
+        mask = onehot.repeat_interleave(self.rank, dim=1).unsqueeze(1)
+        self.many.mask = mask.to(self.many.a.dtype)
+        self.few.mask = mask.to(self.few.a.dtype)
 
     def add_delta(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """`output` (the base layer's result for input `x`) plus each row's LoRA update;
         in place when no gradient is wanted (decode steps run 200 of these hooks, and
         their count, not their FLOPs, is what they cost on CPU)."""
         fan_in, fan_out = x.shape[-1], output.shape[-1]
-        flat = x.reshape(-1, fan_in).to(self.a.dtype)
+        tokens = x.numel() // fan_in
+        stack = self.few if tokens < FEW_TOKENS else self.many
+        flat = x.reshape(tokens, fan_in).to(stack.a.dtype)
         if self.single:
             # One expert for the whole batch: plain matmuls, as a single-adapter model.
             slot = self.single_slot
             if not self.adapted[slot]:
                 return output
-            update = (flat @ self.a[slot]) @ self.b[slot]
+            update = (flat @ stack.a[slot]) @ stack.b[slot]
         else:
-            assert self.mask is not None
-            down = (flat @ self.a_cat).view(x.shape[0], -1, self.a_cat.shape[1])
-            down = (down * self.mask).view(flat.shape[0], -1)  # the row's own expert
-            update = down @ self.b_cat
+            assert stack.mask is not None
+            down = (flat @ stack.a_cat).view(x.shape[0], -1, stack.a_cat.shape[1])
+            down = (down * stack.mask).view(tokens, -1)  # the row's own expert
+            update = down @ stack.b_cat
         if torch.is_grad_enabled() or not output.is_contiguous():
             return output + update.view(output.shape).to(output.dtype)
-        output.view(-1, fan_out).add_(update)  # a bf16 output takes the fp32 update as it is
+        output.view(-1, fan_out).add_(update)  # a bf16 output takes an fp32 update as it is
         return output
 
 
@@ -143,13 +168,10 @@ class MultiLora:
             return
         self._rows = rows
         slots = torch.tensor([self.slot_of.get(e or "", 0) for e in experts], device=device)
+        onehot = torch.nn.functional.one_hot(slots, len(self.names) + 1)[:, 1:]
         for layer in self.layers:
             layer.slots = slots
-            # (batch, 1, experts * rank): ones on the row's own expert's rank columns,
-            # zero elsewhere and for base rows (slot 0).
-            onehot = torch.nn.functional.one_hot(slots, len(self.names) + 1)[:, 1:]
-            onehot = onehot.to(layer.a.dtype)
-            layer.mask = onehot.repeat_interleave(layer.rank, dim=1).unsqueeze(1)
+            layer.set_mask(onehot)
             layer.kept_slots = slots
             layer.single = len(set(rows)) == 1
             layer.single_slot = self.slot_of.get(rows[0] or "", 0)
@@ -181,13 +203,9 @@ class MultiLora:
 
 
 def _lora_dtype(module: Any) -> torch.dtype:
-    """The stacked matrices' dtype: the base layer's on a GPU; fp32 on a CPU, where the
-    small LoRA matmuls are 4-5x faster in fp32 than in bf16 (oneDNN's bf16 path costs
-    ~15 us a call at these sizes against ~2 us; the update is added to the bf16 output)."""
+    """The base layer's dtype (bf16 for a quantised one)."""
     weight = module.get_base_layer().weight
-    if weight.device.type == "cpu" or not weight.is_floating_point():
-        return torch.float32
-    return weight.dtype
+    return weight.dtype if weight.is_floating_point() else torch.bfloat16
 
 
 def _hook(stacked: StackedLora) -> Any:
