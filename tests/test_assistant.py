@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,43 @@ def test_ask_with_tools_prints_the_trace(cli: Any) -> None:
     assert reply["expert"] == "base" and "timings" in reply
     code, _, err = cli("ask", "x", "--model", "tiny", "--tools", "nope")
     assert code == 2 and "unknown toolset" in err
+
+
+class StopAfter:
+    """A stop event that turns set after `checks` looks: stops a reply at a known token."""
+
+    def __init__(self, checks: int):
+        self.checks = checks
+
+    def is_set(self) -> bool:
+        self.checks -= 1
+        return self.checks < 0
+
+
+@pytest.mark.parametrize("with_tools", [True, False])
+def test_a_stop_event_stops_the_reply_in_any_step(assistant: Assistant, with_tools: bool) -> None:
+    """A server's client that goes away sets `stop`: the reply stops within a token, also in
+    a tool-loop step that streams nothing, the engine's row is freed, and the session keeps
+    no half turn."""
+    from domainlm.engine.assistant import Stopped
+    from domainlm.engine.generation import Sampling
+
+    session = Session(sampling=Sampling(max_new_tokens=64, temperature=1.0, seed=1))
+    shown: list[str] = []
+    question = "本金10000元，年利率5%，10年后多少钱？" if with_tools else "你好"
+    with pytest.raises(Stopped):
+        assistant.reply(
+            session, question, use_tools=with_tools, stop=StopAfter(4),  # type: ignore[arg-type]
+            on_text=None if with_tools else shown.append,
+        )  # fmt: skip
+    assert session.usage["completion_tokens"] == 0  # the generation never finished
+    engine: Any = assistant.engine
+    for _ in range(500):  # the worker drops a cancelled row at its next step
+        if engine.load == {"waiting": 0, "prefilling": 0, "running": 0}:
+            break
+        time.sleep(0.01)
+    assert engine.load == {"waiting": 0, "prefilling": 0, "running": 0}
+    said = "".join(shown).strip()
+    assert [(m.role, m.content) for m in session.messages] == (
+        [("user", question), ("assistant", said)] if said else []
+    )

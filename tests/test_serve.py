@@ -177,8 +177,9 @@ def test_tool_call_round_trip_whole_and_streamed(setup: Any, scripted: ScriptedE
     assert first.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_rate"  # type: ignore[union-attr]
     assert json.loads(call.function.arguments) == {"currency": "USD"}  # type: ignore[union-attr]
-    # Streamed: the prose before the call is content, the call comes as tool_call deltas.
-    content, name, arguments, reason = "", "", "", None
+    # Streamed: the prose before the call is content, the call comes as tool_call deltas:
+    # its name as soon as it is written, then its arguments piece by piece as generated.
+    content, name, arguments, reason, pieces = "", "", "", None, 0
     for chunk in api.chat.completions.create(
         model="base",
         messages=question,
@@ -188,11 +189,33 @@ def test_tool_call_round_trip_whole_and_streamed(setup: Any, scripted: ScriptedE
         delta = chunk.choices[0].delta
         content += delta.content or ""
         for part in delta.tool_calls or []:
+            assert part.index == 0
             name += part.function.name or ""  # type: ignore[union-attr]
             arguments += part.function.arguments or ""  # type: ignore[union-attr]
+            pieces += bool(part.function.arguments)  # type: ignore[union-attr]
         reason = chunk.choices[0].finish_reason or reason
     assert "<tool_call>" not in content and content.strip() == "Let me check."
     assert (name, json.loads(arguments), reason) == ("get_rate", {"currency": "USD"}, "tool_calls")
+    assert pieces >= 5  # two characters a step: the arguments came as they were written
+    # Two calls in one reply: two indexes, each with its own id and arguments.
+    two = CALL + "\n" + CALL.replace("USD", "EUR")
+    scripted.replies = [two, two]
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in api.chat.completions.create(
+        model="base", messages=question, tools=TOOLS, stream=True,  # type: ignore[arg-type]
+    ):  # fmt: skip
+        for part in chunk.choices[0].delta.tool_calls or []:
+            entry = calls.setdefault(part.index, {"id": "", "arguments": ""})
+            entry["id"] += part.id or ""
+            entry["arguments"] += part.function.arguments or ""  # type: ignore[union-attr]
+    whole = api.chat.completions.create(model="base", messages=question, tools=TOOLS)  # type: ignore[arg-type]
+    expected = [json.loads(c.function.arguments) for c in whole.choices[0].message.tool_calls]  # type: ignore[union-attr]
+    assert [json.loads(calls[i]["arguments"]) for i in (0, 1)] == expected
+    assert expected == [{"currency": "USD"}, {"currency": "EUR"}]
+    assert calls[0]["id"] != calls[1]["id"] and all(
+        c["id"].startswith("call_") for c in calls.values()
+    )
+    scripted.replies = ["1 USD is 7.1 CNY."]
     # The client runs the tool and sends the result back.
     answer = api.chat.completions.create(
         model="base",

@@ -16,6 +16,7 @@ not run, and the model answers without tools instead (`domainlm.tools.grounding`
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
@@ -143,6 +144,7 @@ class Assistant:
         tool_choice: str | None = None,
         use_tools: bool = True,
         on_text: Callable[[str], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> Reply:
         """Answer `text` in `session` (which is updated with the exchange).
 
@@ -152,9 +154,13 @@ class Assistant:
             on_text: called with each piece of the answer as it is generated, when it is
                 generated without tools in the prompt (with tools, whether the model
                 answers or calls one is known only when it is done).
+            stop: set from another thread (a server's client went away) to stop the reply
+                within one generated token, in any step of the tool loop; the session
+                keeps what was shown, as after Ctrl-C.
 
         Raises:
             DomainLMError: for an empty `text`, an unknown expert or `tool_choice`.
+            Stopped: `stop` was set.
             KeyboardInterrupt: Ctrl-C stopped the reply; what was shown of it stays in
                 the session as the answer.
         """
@@ -181,8 +187,8 @@ class Assistant:
         turn = time.perf_counter()
         try:
             stream = show if on_text is not None else None
-            answer = self._tool_loop(session, name, toolset, tool_choice, stream, trace)
-        except KeyboardInterrupt:
+            answer = self._tool_loop(session, name, toolset, tool_choice, stream, trace, stop)
+        except (KeyboardInterrupt, Stopped):
             _keep_shown(session, before, "".join(shown))
             raise
         timings["generate_s"] = time.perf_counter() - turn
@@ -202,13 +208,16 @@ class Assistant:
         tool_choice: str | None,
         on_text: Callable[[str], None] | None,
         trace: list[Observation],
+        stop: threading.Event | None = None,
     ) -> str:
         """Generate, run the calls and feed their observations back, until the model
         answers (or `max_tool_steps` steps ran); the answer."""
         for step in range(self.max_tool_steps + 1):
+            if stop is not None and stop.is_set():
+                raise Stopped("the reply was stopped")
             message, error = self._generate(
                 session, name, toolset, tool_choice if step == 0 else None,
-                on_text if toolset is None else None,
+                on_text if toolset is None else None, stop,
             )  # fmt: skip
             calls = [] if error else message.tool_calls
             made_up = [call for call in calls if not self._grounded(call, session)]
@@ -217,7 +226,7 @@ class Assistant:
                 # not run, and the model answers without tools instead.
                 trace += [_not_run(call) for call in made_up]
                 toolset = None
-                message, error = self._generate(session, name, None, None, on_text)
+                message, error = self._generate(session, name, None, None, on_text, stop)
             if not message.tool_calls or toolset is None or step == self.max_tool_steps:
                 session.messages.append(Message(role="assistant", content=message.content))
                 return message.content
@@ -338,6 +347,7 @@ class Assistant:
         toolset: Toolset | None,
         tool_choice: str | None,
         on_text: Callable[[str], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> tuple[Message, str | None]:
         """The model's next message, and why its tool call could not be read (if so)."""
         conversation = self._conversation(session, name, toolset)
@@ -351,11 +361,14 @@ class Assistant:
             prompt = prompt + self.format.tokenizer(prefix, add_special_tokens=False)["input_ids"]
         stops = [*self.format.stop_strings, "</tool_call>"] if prefix else self.format.stop_strings
         request = Request(prompt, name, session.sampling or self.sampling, stops)
-        if on_text is not None:
+        if on_text is not None or stop is not None:
             stream = self.engine.submit(request)
             try:
                 for piece in stream:
-                    on_text(piece)
+                    if stop is not None and stop.is_set():
+                        raise Stopped("the reply was stopped")
+                    if on_text is not None:
+                        on_text(piece)
                 completion = stream.result()
             finally:  # at once: after a Ctrl-C (or a caller gone) the generation stops too
                 stream.cancel()
@@ -377,6 +390,10 @@ class Assistant:
         for call in message.tool_calls:
             call.id = call.id or f"call_{uuid.uuid4().hex[:8]}"
         return message, None
+
+
+class Stopped(DomainLMError):
+    """A reply stopped by its `stop` event."""
 
 
 def _keep_shown(session: Session, before: int, shown: str) -> None:

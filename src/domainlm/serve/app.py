@@ -34,13 +34,10 @@ from domainlm.serve.api import APIError, ChatRequest, CompletionRequest, read_bo
 from domainlm.serve.ops import Caller, Keys, KillSwitch, Metrics, RateLimits
 from domainlm.serve.runtime import BASE_ID, Runtime, within
 from domainlm.serve.settings import Profile
-from domainlm.serve.toolstream import CallSplitter
+from domainlm.serve.toolstream import CallSplitter, CallStreamer
 
 log = logging.getLogger("domainlm.serve")
 access = logging.getLogger("domainlm.access")
-
-#: Characters of a tool call's arguments per streamed delta.
-ARGUMENT_PIECE = 24
 
 
 class Target:
@@ -712,7 +709,7 @@ class _Reply:
             call.id = call.id or f"call_{uuid.uuid4().hex[:12]}"
         return message.content, calls
 
-    def _finish(self, reason: str, calls: list[ToolCall]) -> str:
+    def _finish(self, reason: str, calls: list[Any]) -> str:
         if calls:
             return "tool_calls"
         return "length" if reason == "length" else "stop"
@@ -801,20 +798,30 @@ class _Reply:
         }  # fmt: skip
 
     async def chunks(self, request: Any, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-        # With tools offered, text that may be a call is held (see `toolstream`); a forced
-        # call holds it all.
+        # With tools offered, text that may be a call is held (see `toolstream`) and a
+        # call is streamed as the model writes it; a forced call holds it all.
         splitter = CallSplitter(self.tools) if self.tools and not self.prefix else None
+        streamer = CallStreamer(self.tools) if self.tools else None
+        written = self.prefix  # a forced call: the reply so far, prefix included
+        ids: list[str] = []
         if not self.text:
             yield self._chunk({"role": "assistant", "content": ""})
         tokens = 0
         try:
             async for piece in self._pieces(request):
-                if not self.tools:
-                    out = piece
-                else:
-                    out = splitter.feed(piece) if splitter is not None else ""
-                if out:
-                    yield self._chunk({"content": out})
+                if streamer is None:
+                    yield self._chunk({"content": piece})
+                    continue
+                held = written = written + piece
+                if splitter is not None:
+                    out = splitter.feed(piece)
+                    if out:
+                        yield self._chunk({"content": out})
+                    held = splitter.held if splitter.holding else ""
+                for index, arguments in streamer.feed(held) if held else []:
+                    if index == len(ids):
+                        ids.append(f"call_{uuid.uuid4().hex[:12]}")
+                    yield self._call_delta(index, ids[index], streamer, arguments)
             completion = self.stream.result()
             tokens = completion.tokens
         except (APIError, DomainLMError) as exc:
@@ -823,31 +830,64 @@ class _Reply:
             yield error.body()
             return
         calls: list[ToolCall] = []
+        streamed = streamer.calls if streamer is not None else []
         if self.tools:
             content, calls = self._message(completion.text)
             sent = splitter.text[: splitter.sent].strip() if splitter is not None else ""
-            if not calls:
+            if not calls and not streamed:
                 held = splitter.held if splitter is not None else completion.text
                 if held:
                     yield self._chunk({"content": held})
-            else:
+            elif calls:
                 rest = content[len(sent) :] if content.startswith(sent) else ""
-                if rest.strip():
+                if rest.strip() and not streamed:
                     yield self._chunk({"content": rest})
-                for index, call in enumerate(calls):
-                    head = {"index": index, "id": call.id, "type": "function",
-                            "function": {"name": call.name, "arguments": ""}}  # fmt: skip
-                    yield self._chunk({"tool_calls": [head]})
-                    arguments = json.dumps(call.arguments, ensure_ascii=False)
-                    for start in range(0, len(arguments), ARGUMENT_PIECE):
-                        piece = arguments[start : start + ARGUMENT_PIECE]
-                        yield self._chunk(
-                            {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
-                        )
+            _check_streamed(streamed, calls)
+            for index, call in enumerate(calls[len(streamed) :], len(streamed)):
+                head = {"index": index, "id": call.id, "type": "function",
+                        "function": {"name": call.name, "arguments": ""}}  # fmt: skip
+                yield self._chunk({"tool_calls": [head]})
+                arguments = json.dumps(call.arguments, ensure_ascii=False)
+                yield self._chunk(
+                    {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}
+                )
         self._record("ok", tokens)
-        yield self._chunk({}, self._finish(completion.finish_reason, calls))
+        if streamed and not streamed[-1].complete:
+            reason = "length"  # the arguments were cut off: what was sent is all there is
+        else:
+            reason = self._finish(completion.finish_reason, calls or streamed)
+        yield self._chunk({}, reason)
         if include_usage:
             yield {**self._chunk({}), "choices": [], "usage": self._usage(tokens)}
+
+    def _call_delta(
+        self, index: int, call_id: str, streamer: CallStreamer, arguments: str
+    ) -> dict[str, Any]:
+        if arguments:
+            return self._chunk(
+                {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}
+            )
+        head = {"index": index, "id": call_id, "type": "function",
+                "function": {"name": streamer.calls[index].name, "arguments": ""}}  # fmt: skip
+        return self._chunk({"tool_calls": [head]})
+
+
+def _check_streamed(streamed: list[Any], calls: list[ToolCall]) -> None:
+    """Log a streamed call that the whole reply reads otherwise (it cannot be taken back:
+    the client keeps what it was sent, as with any server that streams calls)."""
+    for index, sent in enumerate(streamed):
+        try:
+            same = (
+                index < len(calls)
+                and calls[index].name == sent.name
+                and json.loads(sent.arguments) == calls[index].arguments
+            )
+        except json.JSONDecodeError:
+            same = False
+        if not same:
+            log.warning(
+                "streamed tool call %d (%s) is not what the reply reads as", index, sent.name
+            )
 
 
 async def _watch_disconnect(request: Any, stream: Stream) -> None:
@@ -914,15 +954,15 @@ async def _profile_chat(
     first: list[float] = []
 
     def on_text(piece: str) -> None:
-        if gone.is_set():
-            raise DomainLMError("the client went away")
         if not first:
             first.append(time.perf_counter())
         loop.call_soon_threadsafe(queue.put_nowait, ("text", piece))
 
     def run() -> None:
         try:
-            reply = assistant.reply(session, question, expert=target.expert, on_text=on_text)
+            reply = assistant.reply(
+                session, question, expert=target.expert, on_text=on_text, stop=gone
+            )
             loop.call_soon_threadsafe(queue.put_nowait, ("done", reply))
         except Exception as exc:
             loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
@@ -1029,7 +1069,7 @@ async def _profile_chat(
             if include_usage:
                 yield {**chunk({}), "choices": [], "usage": usage()}
         finally:
-            gone.set()  # a client gone: the Assistant's next piece stops its generation
+            gone.set()  # a client gone: the Assistant stops at its next token, in any step
 
     return _sse(chunks(), headers)
 
