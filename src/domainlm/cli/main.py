@@ -9,6 +9,7 @@ import typer
 from domainlm import __version__
 from domainlm.cli import chat, data, demo, engine, kb, serve, train
 from domainlm.cli.console import err
+from domainlm.cli.eval import eval_command
 from domainlm.errors import DomainLMError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.command("ask")(chat.ask)
 app.command("chat")(chat.chat)
 app.command("vllm-command")(engine.vllm_command)
 app.command("serve")(serve.serve)
+app.command("eval")(eval_command)
 
 
 def _version(value: bool) -> None:

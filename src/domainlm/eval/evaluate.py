@@ -1,0 +1,58 @@
+"""`evaluate`: a suite, models and an output folder in; the run and its reports out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from domainlm.eval.models import Models
+from domainlm.eval.report import html_report, markdown
+from domainlm.eval.run import run_suite
+from domainlm.eval.suite import Suite
+from domainlm.eval.summary import summarise
+from domainlm.io import atomic_write
+
+
+def evaluate(
+    suite: Suite,
+    models: Models,
+    names: list[str],
+    out: Path,
+    resume: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the suite on `names` (the first is the reference for deltas and flips) and
+    write summary.json, report.md and report.html next to results.jsonl; the summary."""
+    rows = run_suite(suite, models, names, out, resume, progress)
+    summary = {"suite": suite.name, **summarise(rows, names, suite.seed)}
+    title = f"{suite.name}: {', '.join(names)}"
+    with atomic_write(out / "summary.json") as handle:
+        handle.write(json.dumps(summary, ensure_ascii=False, indent=2))
+    with atomic_write(out / "report.md") as handle:
+        handle.write(markdown(summary, title))
+    with atomic_write(out / "report.html") as handle:
+        handle.write(html_report(summary, title))
+    return summary
+
+
+def local_models(model: str, experts: Path | None, chat_format: str = "auto") -> Any:
+    """The base `model` and every expert under `experts`, on this machine."""
+    from domainlm.chat.formats import get_format
+    from domainlm.engine.adapters import AdapterPool
+    from domainlm.engine.setup import device_dtype
+    from domainlm.eval.models import LocalModels
+    from domainlm.models.base import load_base
+
+    device, dtype = device_dtype()
+    base = load_base(model, dtype=dtype)
+    if device == "cuda":
+        base.model.to(device)
+    base.model.eval()
+    if base.tokenizer.pad_token_id is None:
+        base.tokenizer.pad_token = base.tokenizer.eos_token
+    pool = AdapterPool(base, roots=[experts] if experts else None)
+    if experts is not None:
+        pool.scan(experts)
+    return LocalModels(pool, get_format(chat_format, base.tokenizer))

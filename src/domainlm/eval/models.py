@@ -1,0 +1,204 @@
+"""The models a suite is run on: the local base and its experts, or an OpenAI endpoint.
+
+Both answer `generate` (a chat, greedy, per item: a text or the item's own error);
+local models also answer `loglik` (the log-probability of each continuation of a prompt).
+
+Local generation goes through the engine, so the items of every model in the run share
+its batches (mixed experts in one step). Log-likelihoods are computed in batched forward
+passes of rows that may belong to different experts (the pool's batched LoRA); a prompt
+whose continuations are single tokens (exam letters) costs one row, not one per option,
+and rows sharing a prefix (the few-shot examples) have it computed once per expert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from domainlm.errors import DomainLMError
+
+BASE_NAME = "base"
+
+
+@dataclass
+class Chat:
+    model: str
+    messages: list[dict[str, Any]]
+    max_new_tokens: int
+
+
+@dataclass
+class Choice:
+    model: str
+    context: str
+    continuations: list[str]
+
+
+class Models(Protocol):
+    names: list[str]
+
+    def generate(self, jobs: list[Chat]) -> Iterator[tuple[int, str | Exception]]:
+        """(index into jobs, text or error), in the order they finish."""
+        ...
+
+    def loglik(self, jobs: list[Choice]) -> list[list[float]]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class LocalModels:
+    """The base (`base`) and the experts of an AdapterPool."""
+
+    def __init__(self, pool: Any, chat_format: Any, engine: Any = None, batch_rows: int = 16):
+        from domainlm.engine.local import LocalEngine
+
+        self.pool = pool
+        self.format = chat_format
+        self.engine = engine or LocalEngine(pool)
+        self._owns_engine = engine is None
+        self.batch_rows = batch_rows
+        self.names = [BASE_NAME, *pool.cards]
+
+    def describe(self) -> dict[str, Any]:
+        base = self.pool.base
+        return {
+            "backend": "local",
+            "base": base.model_id,
+            "content_hash": base.content_hash,
+            "experts": list(self.pool.cards),
+        }
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.close()
+
+    def generate(self, jobs: list[Chat]) -> Iterator[tuple[int, str | Exception]]:
+        import queue
+
+        from domainlm.chat.conversation import Conversation
+        from domainlm.engine.adapters import BASE
+        from domainlm.engine.generation import Request, Sampling
+
+        window = 4 * getattr(self.engine, "max_rows", 16)  # queued ahead of the batch
+        pending: dict[int, Any] = {}
+        finished: queue.SimpleQueue[int] = queue.SimpleQueue()
+        position = 0
+        try:
+            while position < len(jobs) or pending:
+                while position < len(jobs) and len(pending) < window:
+                    job = jobs[position]
+                    try:
+                        conversation = Conversation.from_record({"messages": job.messages})
+                        prompt = self.format.render_prompt(conversation)
+                        expert = BASE if job.model == BASE_NAME else job.model
+                        sampling = Sampling(max_new_tokens=job.max_new_tokens)
+                        request = Request(prompt, expert, sampling, self.format.stop_strings)
+                        stream = self.engine.submit(request)
+                        pending[position] = stream
+                        stream.when_done(lambda i=position: finished.put(i))
+                        if stream.done:
+                            finished.put(position)  # it ended before the callback was set
+                    except DomainLMError as exc:
+                        yield position, exc
+                    position += 1
+                if not pending:
+                    continue
+                index = finished.get()
+                if index not in pending:
+                    continue  # told twice
+                stream = pending.pop(index)
+                try:
+                    yield index, stream.result().text
+                except DomainLMError as exc:
+                    yield index, exc
+        finally:  # Ctrl-C or a caller that stops reading: nothing keeps generating
+            for stream in pending.values():
+                stream.cancel()
+
+    def loglik(self, jobs: list[Choice]) -> list[list[float]]:
+        from domainlm.eval.loglik import score_choices
+
+        return score_choices(self.pool, jobs, self.batch_rows)
+
+
+class EndpointModels:
+    """Models behind an OpenAI-compatible endpoint (`domainlm serve`, vLLM, a hosted API)."""
+
+    def __init__(self, url: str, api_key: str | None, names: list[str], concurrency: int = 8):
+        import openai
+
+        self.url = url
+        self.client = openai.OpenAI(
+            base_url=url, api_key=api_key or "none", max_retries=3, timeout=120
+        )
+        self.names = names
+        self.concurrency = concurrency
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "endpoint", "url": self.url}
+
+    def check(self) -> None:
+        """The endpoint answers and serves the models asked for."""
+        import openai
+
+        try:
+            served = {m.id for m in self.client.models.list()}
+        except openai.APIError as exc:
+            raise DomainLMError(f"endpoint {self.url}: {_reason(exc)}") from None
+        except Exception as exc:  # connection refused, bad URL
+            raise DomainLMError(f"endpoint {self.url}: cannot connect ({exc})") from None
+        missing = [n for n in self.names if n not in served]
+        if missing and served:
+            raise DomainLMError(
+                f"endpoint {self.url} does not serve {', '.join(missing)} "
+                f"(it serves {', '.join(sorted(served))})"
+            )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def generate(self, jobs: list[Chat]) -> Iterator[tuple[int, str | Exception]]:
+        def one(index: int) -> tuple[int, str | Exception]:
+            job = jobs[index]
+            try:
+                reply = self.client.chat.completions.create(
+                    model=job.model,
+                    messages=job.messages,  # type: ignore[arg-type]
+                    max_tokens=job.max_new_tokens,
+                    temperature=0,
+                )
+                content = reply.choices[0].message.content if reply.choices else None
+                return index, content or ""
+            except Exception as exc:  # the item's own error, recorded; the run goes on
+                return index, DomainLMError(f"endpoint: {_reason(exc)}")
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            yield from _as_completed(pool, one, len(jobs))
+
+    def loglik(self, jobs: list[Choice]) -> list[list[float]]:
+        raise DomainLMError(
+            "the loglik scorer needs local models (an endpoint gives no prompt "
+            "log-probabilities); use `scorers: [generate]` for endpoints"
+        )
+
+
+def _as_completed(
+    pool: ThreadPoolExecutor, work: Callable[[int], tuple[int, Any]], count: int
+) -> Iterator[tuple[int, Any]]:
+    from concurrent.futures import as_completed
+
+    futures = [pool.submit(work, i) for i in range(count)]
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _reason(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    status = getattr(exc, "status_code", None)
+    return f"{status} {message}" if status else message

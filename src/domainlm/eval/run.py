@@ -1,0 +1,163 @@
+"""Run a suite on models: every unit of every task to every model, results appended as
+they come, then the summary and the reports.
+
+Output folder: `results.jsonl` (one line per unit and model: prompt, prediction, scores,
+or the item's error), `run.json` (suite, models, backend), `summary.json`, `report.md`,
+`report.html`. A run stopped by Ctrl-C keeps every finished line; `resume=True` skips the
+units already there (a line cut off by the stop is dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from domainlm.errors import DomainLMError
+from domainlm.eval.models import Chat, Choice, Models
+from domainlm.eval.suite import Suite
+from domainlm.eval.tasks import Unit, units
+from domainlm.io import atomic_write
+
+RESULTS = "results.jsonl"
+
+
+def plan(suite: Suite) -> list[Unit]:
+    """Every unit of the suite, task by task."""
+    return [unit for task in suite.tasks for unit in units(task, suite.folder, suite.seed)]
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a results file; a last line cut off by a stop is removed
+    from the file."""
+    if not path.exists():
+        return []
+    rows, good = [], 0
+    with path.open("rb") as handle:
+        for line in handle:
+            try:
+                rows.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                break
+            if not line.endswith(b"\n"):
+                rows.pop()
+                break
+            good += len(line)
+    if good != path.stat().st_size:
+        with path.open("rb+") as handle:
+            handle.truncate(good)
+    return rows
+
+
+def run_suite(
+    suite: Suite,
+    models: Models,
+    names: list[str],
+    out: Path,
+    resume: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run `suite` on the models `names`; returns every result row (old and new).
+
+    Raises:
+        DomainLMError: an unknown model, results already in `out` without `resume`, a
+            suite whose data does not load.
+    """
+    unknown = [n for n in names if n not in models.names]
+    if unknown:
+        raise DomainLMError(
+            f"unknown model {', '.join(unknown)} (choose from {', '.join(models.names)})"
+        )
+    work = plan(suite)
+    results_path = out / RESULTS
+    if results_path.exists() and not resume:
+        raise DomainLMError(
+            f"{out} already holds results: pass --resume to continue that run, or another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_results(results_path)
+    done = {(r["key"], r["model"]) for r in rows}
+    _write_run(out, suite, models, names)
+    todo = [(u, m) for u in work for m in names if (u.key, m) not in done]
+    total, finished = len(work) * len(names), len(work) * len(names) - len(todo)
+    if progress:
+        progress(finished, total)
+    with results_path.open("a", encoding="utf-8") as handle:
+        for row in _answers(models, todo):
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            rows.append(row)
+            finished += 1
+            if progress:
+                progress(finished, total)
+        os.fsync(handle.fileno())
+    return rows
+
+
+def _answers(models: Models, todo: list[tuple[Unit, str]]) -> Iterator[dict[str, Any]]:
+    """A result row per (unit, model): log-likelihood units first (batched forward
+    passes), then generated answers (through the engine, all models mixed)."""
+    scored = [(u, m) for u, m in todo if u.scorer == "loglik"]
+    chats = [(u, m) for u, m in todo if u.scorer != "loglik"]
+    for start in range(0, len(scored), 256):  # a batch of rows written as it is done
+        part = scored[start : start + 256]
+        try:
+            scores = models.loglik([Choice(m, u.prompt, u.continuations) for u, m in part])
+        except DomainLMError as exc:
+            for unit, model in part:
+                yield _row(unit, model, error=str(exc))
+            continue
+        for (unit, model), option_scores in zip(part, scores, strict=True):
+            prediction, score = unit.score(option_scores)
+            yield _row(unit, model, prediction, score, option_scores)
+    jobs = [Chat(m, u.messages(), u.max_new_tokens) for u, m in chats]
+    for index, reply in models.generate(jobs):
+        unit, model = chats[index]
+        if isinstance(reply, Exception):
+            yield _row(unit, model, error=str(reply))
+        else:
+            prediction, score = unit.score(reply)
+            yield _row(unit, model, prediction, score, raw=reply)
+
+
+def _row(
+    unit: Unit,
+    model: str,
+    prediction: str | None = None,
+    score: dict[str, float] | None = None,
+    option_scores: list[float] | None = None,
+    raw: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "key": unit.key,
+        "task": unit.task,
+        "scorer": unit.scorer,
+        "id": unit.id,
+        "group": unit.group,
+        "model": model,
+        "prompt": unit.prompt,
+        "reference": unit.reference,
+    }
+    if error is not None:
+        row["error"] = error
+        return row
+    row["prediction"] = prediction
+    row["score"] = score
+    if option_scores is not None:
+        row["option_logprobs"] = [round(s, 6) for s in option_scores]
+    if raw is not None and raw != prediction:
+        row["reply"] = raw
+    return row
+
+
+def _write_run(out: Path, suite: Suite, models: Models, names: list[str]) -> None:
+    info = {
+        "suite": suite.model_dump(mode="json"),
+        "models": names,
+        "backend": models.describe(),
+    }
+    with atomic_write(out / "run.json") as handle:
+        handle.write(json.dumps(info, ensure_ascii=False, indent=2))

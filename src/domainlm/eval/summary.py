@@ -1,0 +1,101 @@
+"""From result rows to the numbers a report shows.
+
+Per task and scorer, per model: the items scored, errors, the main metric's mean with a
+bootstrap 95% interval, every metric's mean, per-group (subject) accuracy; against the
+first model (the base, normally): the paired difference with its bootstrap 95% interval
+over the items both answered, and for right/wrong items the ones that flipped.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+RESAMPLES = 2000
+
+
+def main_metric(scorer: str) -> str:
+    return "correct" if scorer in ("loglik", "generate") else "rouge-l"
+
+
+def summarise(rows: list[dict[str, Any]], models: list[str], seed: int = 0) -> dict[str, Any]:
+    by_part: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["model"] in models:
+            by_part[(row["task"], row["scorer"])].append(row)
+    parts = []
+    for (task, scorer), part in by_part.items():
+        parts.append(_part(task, scorer, part, models, np.random.default_rng(seed)))
+    return {"models": models, "reference": models[0], "parts": parts}
+
+
+def _part(
+    task: str, scorer: str, rows: list[dict[str, Any]], models: list[str], rng: Any
+) -> dict[str, Any]:
+    metric = main_metric(scorer)
+    scores: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
+    groups: dict[str, str] = {}
+    errors: dict[str, int] = defaultdict(int)
+    for row in rows:
+        if "error" in row:
+            errors[row["model"]] += 1
+        else:
+            scores[row["model"]][row["id"]] = row["score"]
+            groups[row["id"]] = row.get("group", "")
+    reference = models[0]
+    out: dict[str, Any] = {"task": task, "scorer": scorer, "metric": metric, "models": {}}
+    for model in models:
+        mine = scores[model]
+        values = np.array([s[metric] for s in mine.values()], dtype=float)
+        entry: dict[str, Any] = {"n": len(mine), "errors": errors[model]}
+        entry["value"] = float(values.mean()) if len(values) else None
+        entry["interval"] = _interval(values, rng)
+        names = sorted({k for s in mine.values() for k in s})
+        entry["metrics"] = {
+            k: float(np.mean([s[k] for s in mine.values() if k in s])) for k in names
+        }
+        by_group: dict[str, list[float]] = defaultdict(list)
+        for item, s in mine.items():
+            if groups.get(item):
+                by_group[groups[item]].append(s[metric])
+        entry["groups"] = {g: float(np.mean(v)) for g, v in sorted(by_group.items())}
+        if model != reference:
+            entry["delta"] = _delta(scores[reference], mine, metric, rng)
+            if metric == "correct":
+                entry["flips"] = _flips(scores[reference], mine)
+        out["models"][model] = entry
+    return out
+
+
+def _interval(values: np.ndarray, rng: Any) -> list[float] | None:
+    """Bootstrap 95% interval of the mean."""
+    if len(values) < 2:
+        return None
+    means = values[rng.integers(0, len(values), (RESAMPLES, len(values)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def _delta(
+    reference: dict[str, dict[str, float]],
+    other: dict[str, dict[str, float]],
+    metric: str,
+    rng: Any,
+) -> dict[str, Any] | None:
+    """Paired difference other - reference over the items both answered."""
+    both = sorted(set(reference) & set(other))
+    if not both:
+        return None
+    diff = np.array([other[i][metric] - reference[i][metric] for i in both], dtype=float)
+    return {"value": float(diff.mean()), "interval": _interval(diff, rng), "n": len(both)}
+
+
+def _flips(
+    reference: dict[str, dict[str, float]], other: dict[str, dict[str, float]]
+) -> dict[str, list[str]]:
+    both = sorted(set(reference) & set(other))
+    return {
+        "right_to_wrong": [i for i in both if reference[i]["correct"] and not other[i]["correct"]],
+        "wrong_to_right": [i for i in both if not reference[i]["correct"] and other[i]["correct"]],
+    }
