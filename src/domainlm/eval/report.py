@@ -144,7 +144,7 @@ def _chart(part: dict[str, Any]) -> str:
     axis.spines[["top", "right"]].set_visible(False)
     figure.tight_layout()
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg")
+    figure.savefig(buffer, format="svg", metadata={"Date": None})
     plt.close(figure)
     svg = buffer.getvalue()
     return svg[svg.index("<svg") :]

@@ -1,0 +1,285 @@
+"""domainlm eval: scorers on hand-checked cases, prompts, log-likelihoods against a plain
+forward pass, the run with experts, resume, reports, endpoint mode against a real server."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domainlm.errors import DomainLMError, SourceError
+from domainlm.eval import exam
+from domainlm.eval.suite import load_suite
+from domainlm.eval.text import corpus_bleu, text_scores
+from tests.engine_helpers import make_expert, tiny_base
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("reply", "letters"),
+    [
+        ("答案是B", "B"),
+        ("答案：(C)", "C"),
+        ("正确答案为：Ａ", "A"),  # full-width
+        ("故选BD。", "BD"),
+        ("A、C", "AC"),
+        ("正确答案是A和D", "AD"),
+        ("B. 因为资产负债表反映财务状况", "B"),
+        ("（D）理由如下", "D"),
+        ("The answer is C.", "C"),
+        ("答案：c", "C"),
+        ("I think a bank is a company.", None),  # the article "a" is not option A
+        ("不知道", None),
+        ("A或者B都有可能", None),  # names two letters without choosing
+    ],
+)
+def test_read_choice(reply: str, letters: str | None) -> None:
+    assert exam.read_choice(reply, "ABCD") == letters
+
+
+def test_read_choice_keeps_to_the_options() -> None:
+    assert exam.read_choice("答案是E", "ABCD") is None
+    assert exam.read_choice("答案是E", "ABCDE") == "E"
+
+
+def _csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_exam_files_and_their_mistakes(tmp_path: Path) -> None:
+    good = _csv(
+        tmp_path / "tax_val.csv", "id,question,A,B,C,D,answer\n1,q?,a,b,c,d,B\n2,r?,a,b,c,d,ad\n"
+    )
+    questions = exam.read_exam(good)
+    assert [(q.subject, q.answer, q.multi) for q in questions] == [
+        ("tax", "B", False), ("tax", "AD", True),
+    ]  # fmt: skip
+    with pytest.raises(SourceError, match=r"no_answer.csv:2: answer: no `answer` column"):
+        exam.read_exam(_csv(tmp_path / "no_answer.csv", "question,A,B\nq?,a,b\n"))
+    with pytest.raises(SourceError, match=r":2: answer: answer 'E' is not among the options AB"):
+        exam.read_exam(_csv(tmp_path / "bad.csv", "question,A,B,answer\nq?,a,b,E\n"))
+    with pytest.raises(SourceError, match="no questions"):
+        exam.read_exam(_csv(tmp_path / "empty.csv", "question,A,B,answer\n"))
+    (tmp_path / "list.json").write_text(
+        json.dumps([{"question": "q", "A": "x", "B": "y", "answer": "A"}])
+    )
+    assert exam.read_exam(tmp_path / "list.json")[0].options == {"A": "x", "B": "y"}
+
+
+def test_few_shot_prompt_is_c_eval_s() -> None:
+    shot = exam.Question("1", "banking", "央行是？", {"A": "甲", "B": "乙"}, "B")
+    question = exam.Question("2", "banking", "利率是？", {"A": "丙", "B": "丁"}, "A")
+    assert exam.prompt(question, [shot]) == (
+        "以下是中国关于banking考试的单项选择题，请选出其中的正确答案。\n\n"
+        "央行是？\nA. 甲\nB. 乙\n答案： B\n\n"
+        "利率是？\nA. 丙\nB. 丁\n答案："
+    )
+
+
+def test_the_suite_takes_shots_from_the_same_subject_and_kind() -> None:
+    from domainlm.eval.run import plan
+
+    suite = load_suite(ROOT / "recipes/eval/finance.yaml")
+    units = plan(suite)
+    multi = next(u for u in units if u.id == "accounting/4" and u.scorer == "generate")
+    assert "多项选择题" in multi.prompt and multi.prompt.count("答案：") == 2  # one multi shot
+    assert "实收资本" in multi.prompt  # the accounting dev question with two answers
+    single = next(u for u in units if u.id == "banking/1" and u.scorer == "loglik")
+    assert single.prompt.count("答案：") == 2 and "商业银行最主要的资金来源" in single.prompt
+    assert not any(u.id == "accounting/4" and u.scorer == "loglik" for u in units)  # multi
+
+
+def test_text_metrics_by_hand() -> None:
+    scores = text_scores("甲乙丙丁", "甲乙丙戊")
+    assert scores["rouge-1-char"] == pytest.approx(75.0, abs=1e-3)
+    assert scores["rouge-2-char"] == pytest.approx(200 / 3, abs=1e-3)
+    # BLEU-4 on characters, NIST smoothing: precisions 3/4, 2/3, 1/2 and 0/1 -> 1/2.
+    assert scores["bleu-4"] == pytest.approx(100 * (0.75 * (2 / 3) * 0.5 * 0.5) ** 0.25, abs=1e-2)
+    same = text_scores("借款人应当按照约定的期限返还借款。", "借款人应当按照约定的期限返还借款。")
+    assert same["rouge-l"] == pytest.approx(100, abs=1e-3) and same["bleu-4"] == pytest.approx(100)
+    assert text_scores("", "参考答案")["rouge-l"] == 0.0
+    assert corpus_bleu(["定金不得超过百分之二十"], ["定金不得超过百分之二十"]) == pytest.approx(100)
+
+
+def test_loglik_equals_a_plain_forward_with_experts_mixed(tmp_path: Path) -> None:
+    import torch
+
+    from domainlm.engine.adapters import AdapterPool
+    from domainlm.eval import loglik
+    from domainlm.eval.models import Choice
+
+    make_expert(tmp_path, "law", seed=1)
+    pool = AdapterPool(tiny_base(), roots=[tmp_path])
+    pool.add(tmp_path / "law")
+    shared = (
+        "以下是中国关于会计考试的单项选择题。\n\n" + "资产是什么？\nA. 甲\nB. 乙\n答案： B\n\n" * 3
+    )
+    jobs = [
+        Choice(model, shared + f"问题{i}？\nA. 丙\nB. 丁\n答案：", [" A", " B"])
+        for i in range(3) for model in ("base", "law")
+    ] + [Choice("law", "定金是 ", ["合同的担保", "钱"])]  # fmt: skip
+    ours = loglik.score_choices(pool, jobs, batch_rows=4)
+    tokenizer = pool.base.tokenizer
+    for job, scores in zip(jobs, ours, strict=True):
+        for continuation, score in zip(job.continuations, scores, strict=True):
+            context = job.context.rstrip()
+            moved = job.context[len(context) :] + continuation
+            ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+            whole = tokenizer(context + moved, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([ctx + whole[len(ctx) :]])
+            names = [job.model if job.model != "base" else "__base__"]
+            with torch.no_grad():
+                logits = pool.model(input_ids=ids, adapter_names=names).logits[0]
+            logprobs = torch.log_softmax(logits.float(), -1)
+            expected = sum(float(logprobs[i - 1, ids[0, i]]) for i in range(len(ctx), ids.shape[1]))
+            assert math.isclose(score, expected, abs_tol=1e-4), (job.model, continuation)
+    assert ours[0] != ours[1]  # the expert changes the scores
+
+
+def _suite(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(
+        f"""
+name: mini
+tasks:
+  - name: exam
+    type: exam
+    data: {ROOT}/examples/eval/finance_val/*.csv
+    dev: {ROOT}/examples/eval/finance_dev/*.csv
+    shots: 1
+    max_new_tokens: 8
+  - name: consult
+    type: text
+    data: {ROOT}/examples/eval/law_consult.jsonl
+    max_new_tokens: 12
+{extra}"""
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from domainlm.chat.formats import get_format
+    from domainlm.engine.adapters import AdapterPool
+    from domainlm.eval.models import LocalModels
+
+    folder = tmp_path_factory.mktemp("experts")
+    make_expert(folder, "law", seed=3)
+    base = tiny_base()
+    pool = AdapterPool(base, roots=[folder])
+    pool.add(folder / "law")
+    models = LocalModels(pool, get_format("hf", base.tokenizer))
+    yield models
+    models.close()
+
+
+def test_a_run_with_an_expert_writes_results_summary_and_reports(
+    local: Any, tmp_path: Path
+) -> None:
+    from domainlm.eval.evaluate import evaluate
+
+    suite = load_suite(_suite(tmp_path))
+    summary = evaluate(suite, local, ["base", "law"], tmp_path / "out")
+    rows = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
+    # 9 questions x 2 scorers - 2 multi-answer loglik units + 3 consultations, per model.
+    assert len(rows) == 2 * (9 * 2 - 2 + 3)
+    assert {r["model"] for r in rows} == {"base", "law"} and not any("error" in r for r in rows)
+    parts = {(p["task"], p["scorer"]): p for p in summary["parts"]}
+    exam_part = parts[("exam", "loglik")]
+    law = exam_part["models"]["law"]
+    base = exam_part["models"]["base"]
+    assert law["delta"]["value"] == pytest.approx(law["value"] - base["value"])
+    assert set(law["flips"]) == {"right_to_wrong", "wrong_to_right"}
+    assert set(base["groups"]) == {"accounting", "banking"}
+    assert parts[("consult", "text")]["models"]["law"]["metrics"]["bleu-4"] >= 0
+    html = (tmp_path / "out/report.html").read_text()
+    assert html.count("<svg") == 3  # a chart per task and scorer, inline
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", html)  # nothing fetched to show it
+    assert "## exam (loglik)" in (tmp_path / "out/report.md").read_text()
+
+
+def test_stop_and_resume(local: Any, tmp_path: Path) -> None:
+    from domainlm.eval.evaluate import evaluate
+
+    suite = load_suite(_suite(tmp_path))
+    out = tmp_path / "out"
+
+    def stop_after(done: int, total: int) -> None:
+        if done == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(suite, local, ["base"], out, progress=stop_after)
+    results = out / "results.jsonl"
+    with results.open("a") as handle:
+        handle.write('{"key": "cut off')  # a line cut by the stop
+    assert len(results.read_text().splitlines()) == 8
+    with pytest.raises(DomainLMError, match="--resume"):
+        evaluate(suite, local, ["base"], out)
+    seen: list[int] = []
+    evaluate(suite, local, ["base"], out, resume=True, progress=lambda d, t: seen.append(d))
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert seen[0] == 7 and len(rows) == 19 and len({r["key"] for r in rows}) == 19
+
+
+def test_suite_and_cli_mistakes_are_one_line(tmp_path: Path, cli: Any) -> None:
+    bad_type = tmp_path / "bad.yaml"
+    bad_type.write_text("name: x\ntasks:\n  - {name: a, type: quiz, data: x.csv}\n")
+    with pytest.raises(DomainLMError, match="unknown task type"):
+        load_suite(bad_type)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("name: x\ntasks:\n  - {name: a, type: exam, data: nowhere/*.csv}\n")
+    code, _, err = cli("eval", str(missing), "--model", "tiny")
+    assert code == 2 and "task a: no data file matches" in err and "Traceback" not in err
+    code, _, err = cli("eval", str(_suite(tmp_path)), "--model", "tiny", "--models", "base,nobody",
+                 "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 2 and "unknown model nobody (choose from base)" in err
+    code, _, err = cli("eval", str(_suite(tmp_path)), "tasks.0.shots=-1", "--model", "tiny")
+    assert code == 2 and "tasks.0.exam.shots" in err
+
+
+def test_every_shipped_suite_loads() -> None:
+    from domainlm.eval.run import plan
+
+    suites = sorted((ROOT / "recipes/eval").glob("*.yaml"))
+    assert suites
+    for path in suites:
+        assert path.read_text().startswith("# domainlm eval ")
+        assert plan(load_suite(path))
+
+
+def test_endpoint_mode_against_a_real_server_agrees_with_local(local: Any, tmp_path: Path) -> None:
+    """The same suite through `domainlm serve` on 127.0.0.1 and in process: the same greedy
+    answers; an endpoint that is down is one clear error."""
+    from domainlm.engine.assistant import Assistant
+    from domainlm.engine.local import LocalEngine
+    from domainlm.eval.models import EndpointModels
+    from domainlm.eval.run import run_suite
+    from domainlm.serve.runtime import Runtime
+    from domainlm.serve.settings import load_settings
+    from tests.serve_helpers import serving
+
+    suite = load_suite(_suite(tmp_path), ["tasks.0.scorers=[generate]"])
+    settings = load_settings(None, ["model=tiny"])
+    here = run_suite(suite, local, ["base", "law"], tmp_path / "local")
+    # The same model and expert behind the server, with an engine of its own (the server
+    # closes it when it stops).
+    engine = LocalEngine(local.pool)
+    runtime = Runtime(settings, local.pool, engine, local.format)
+    runtime.raw = Assistant(local.pool, local.format, engine=engine)
+    with serving(runtime) as (url, _):
+        remote = EndpointModels(url + "/v1", None, ["base", "law"])
+        remote.check()
+        there = run_suite(suite, remote, ["base", "law"], tmp_path / "remote")
+    assert not [r["error"] for r in there + here if "error" in r]
+    answer = {(r["key"], r["model"]): r.get("reply", r["prediction"]) for r in here}
+    assert {(r["key"], r["model"]): r.get("reply", r["prediction"]) for r in there} == answer
+    down = EndpointModels("http://127.0.0.1:9/v1", None, ["base"])
+    with pytest.raises(DomainLMError, match="endpoint http://127.0.0.1:9/v1"):
+        down.check()
