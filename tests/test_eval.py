@@ -281,5 +281,7 @@ def test_endpoint_mode_against_a_real_server_agrees_with_local(local: Any, tmp_p
     answer = {(r["key"], r["model"]): r.get("reply", r["prediction"]) for r in here}
     assert {(r["key"], r["model"]): r.get("reply", r["prediction"]) for r in there} == answer
     down = EndpointModels("http://127.0.0.1:9/v1", None, ["base"])
-    with pytest.raises(DomainLMError, match=re.escape("endpoint http://127.0.0.1:9/v1: cannot connect")):
+    with pytest.raises(
+        DomainLMError, match=re.escape("endpoint http://127.0.0.1:9/v1: cannot connect")
+    ):
         down.check()

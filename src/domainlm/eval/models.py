@@ -145,6 +145,10 @@ class EndpointModels:
 
         try:
             served = {m.id for m in self.client.models.list()}
+        except openai.APIConnectionError:
+            raise DomainLMError(
+                f"endpoint {self.url}: cannot connect (is the server running?)"
+            ) from None
         except openai.APIError as exc:
             raise DomainLMError(f"endpoint {self.url}: {_reason(exc)}") from None
         except Exception as exc:  # connection refused, bad URL
