@@ -244,14 +244,23 @@ def test_suite_and_cli_mistakes_are_one_line(tmp_path: Path, cli: Any) -> None:
     assert code == 2 and "tasks.0.exam.shots" in err
 
 
-def test_every_shipped_suite_loads() -> None:
+def test_every_shipped_suite_loads(tmp_path: Path) -> None:
+    """Every suite in recipes/eval/ starts with its command and plans on a fresh checkout
+    (a citations task pointed at a test KB: the demo's is not built there)."""
     from domainlm.eval.run import plan
+    from domainlm.eval.suite import CitationTask
+    from domainlm.kb.base import build
+    from tests.test_kb import make_law_db
 
+    kb = tmp_path / "kb"
+    build(kb, [str(make_law_db(tmp_path / "laws.db"))], workers=1)
     suites = sorted((ROOT / "recipes/eval").glob("*.yaml"))
     assert suites
     for path in suites:
         assert path.read_text().startswith("# domainlm eval ")
-        assert plan(load_suite(path))
+        tasks = load_suite(path).tasks
+        kbs = [f"tasks.{i}.kb={kb}" for i, t in enumerate(tasks) if isinstance(t, CitationTask)]
+        assert plan(load_suite(path, kbs))
 
 
 def test_endpoint_mode_against_a_real_server_agrees_with_local(local: Any, tmp_path: Path) -> None:
@@ -285,3 +294,127 @@ def test_endpoint_mode_against_a_real_server_agrees_with_local(local: Any, tmp_p
         DomainLMError, match=re.escape("endpoint http://127.0.0.1:9/v1: cannot connect")
     ):
         down.check()
+
+
+@pytest.mark.parametrize(
+    ("reply", "value", "percent"),
+    [
+        ("所以，该项贷款的年利率为15.13%。", 15.13, True),
+        ("本利和=10000×(1+5%)^3≈11,576.25元", 11576.25, False),
+        ("共计1.5万元", 15000.0, False),
+        ("The answer is 0.1513.", 0.1513, False),
+        ("答案：－３.５％", -3.5, True),  # full width
+        ("第一年100元，第二年110元，合计210元", 210.0, False),
+    ],
+)
+def test_final_number(reply: str, value: float, percent: bool) -> None:
+    from domainlm.eval.compute import Stated, final_number
+
+    assert final_number(reply) == Stated(value, percent)
+
+
+def test_computation_scoring_by_hand() -> None:
+    from domainlm.eval.compute import Stated, close, formula_value, reference_number, writes_formula
+
+    assert close(Stated(15.13, True), Stated(0.1513), 0.001)  # a percentage is its fraction
+    assert not close(Stated(15.13), Stated(0.1513), 0.001)
+    assert close(Stated(11576), Stated(11576.25), 0.001) and not close(
+        Stated(11500), Stated(11576.25), 0.001
+    )
+    assert reference_number("增长率为(920-800)/800=15%") == Stated(15.0, True)
+    assert formula_value("10000×(1+0.05)**3") == pytest.approx(11576.25)
+    assert writes_formula("本利和=10000×(1+0.05)^3=11576.25元", 11576.25, 1e-4)
+    assert not writes_formula("答案是11576.25元", 11576.25, 1e-4)  # a result, not a formula
+    with pytest.raises(ValueError):
+        formula_value("__import__('os').system('id')")  # the calculator, never eval
+
+
+TOOLALPACA = [
+    {
+        "Name": "Weather",
+        "Function_Description": {
+            "getForecast": 'Forecast for a city.\nParameters: {"city": "string. The city.", '
+            '"days": "integer. How many days.", "unit": "string. One of: [c, f]. Unit."}'
+            "\nOutput: Successful response.",
+            "getAlerts": "Weather alerts.\nParameters: {}\nOutput: Successful response.",
+        },
+        "Instructions": ["Forecast for Paris for 3 days?", "Any alerts?", "Just chatting"],
+        "Golden_Answers": [
+            [{"Action": "getForecast", "Action_Input": '{"city": "Paris", "days": 3, "unit": ""}'}],
+            [{"Action": "getAlerts", "Action_Input": "{}"}],
+            [],
+        ],
+    }
+]
+
+
+def test_toolalpaca_items_and_call_scores() -> None:
+    from domainlm.eval.toolcalls import read_toolalpaca, score_call
+
+    items = read_toolalpaca(TOOLALPACA, "sample.json")
+    assert [i["id"] for i in items] == ["Weather/0", "Weather/1"]  # nothing to call: skipped
+    forecast = items[0]["tools"][0]["function"]
+    assert forecast["parameters"]["properties"]["days"]["type"] == "integer"
+    assert forecast["parameters"]["properties"]["unit"]["enum"] == ["c", "f"]
+    gold = items[0]["gold"]
+    call = {"name": "getForecast", "arguments": {"city": "paris ", "days": "3"}}
+    assert score_call([call], gold)[1] == {
+        "correct": 1.0,
+        "name": 1.0,
+        "arguments": 1.0,
+        "called": 1.0,
+    }
+    half = {"name": "getForecast", "arguments": {"city": "Paris", "days": 5}}
+    assert score_call([half], gold)[1] == {
+        "correct": 0.0,
+        "name": 1.0,
+        "arguments": 0.5,
+        "called": 1.0,
+    }
+    extra = {"name": "getForecast", "arguments": {"city": "Paris", "days": 3, "unit": "f"}}
+    assert score_call([extra], gold)[1]["correct"] == 0.0  # an argument nobody asked for
+    assert score_call([{"name": "getAlerts", "arguments": {}}], gold)[1]["name"] == 0.0
+    assert score_call([], gold)[1]["called"] == 0.0
+
+
+def test_citation_scores_against_the_kb(tmp_path: Path) -> None:
+    from domainlm.eval.models import Reply
+    from domainlm.eval.run import plan
+    from domainlm.kb.base import build
+    from tests.test_kb import make_law_db
+
+    build(tmp_path / "kb", [str(make_law_db(tmp_path / "laws.db"))], workers=1)
+    suite = load_suite(ROOT / "recipes/eval/law.yaml", [f"tasks.1.kb={tmp_path / 'kb'}"])
+    unit = next(u for u in plan(suite) if u.scorer == "citations")
+    _, honest = unit.score(Reply("依据《民法典》第五百八十六条，定金不得超过百分之二十。"))
+    assert honest["honest"] == 1.0 and honest["cites"] == 1.0
+    _, made_up = unit.score(Reply("依据《民法典》第九千条，应当双倍返还。"))
+    assert made_up["honest"] == 0.0 and made_up["fabricated"] == 1.0
+    _, silent = unit.score(Reply("可以起诉。"))
+    assert silent["cites"] == 0.0 and silent["honest"] == 1.0
+    with pytest.raises(DomainLMError, match="no knowledge base at"):
+        plan(load_suite(ROOT / "recipes/eval/law.yaml", [f"tasks.1.kb={tmp_path}"]))
+
+
+def test_tools_and_tool_call_tasks_run_with_experts(local: Any, tmp_path: Path) -> None:
+    from domainlm.eval.run import run_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(
+        f"""
+name: calc
+tasks:
+  - {{name: calc, type: computation, data: {ROOT}/examples/eval/fincalc.jsonl, limit: 2,
+      tools: [finance], max_new_tokens: 16}}
+  - {{name: calls, type: toolcall, data: {ROOT}/examples/eval/tool_calls.jsonl, limit: 2,
+      max_new_tokens: 16}}
+"""
+    )
+    rows = run_suite(load_suite(path), local, ["base", "law"], tmp_path / "out")
+    assert not [r["error"] for r in rows if "error" in r]
+    assert {(r["scorer"], r["model"]) for r in rows} == {
+        ("tools", "base"), ("tools", "law"), ("toolcall", "base"), ("toolcall", "law"),
+    }  # fmt: skip
+    calls = [r for r in rows if r["scorer"] == "toolcall"]
+    assert all(set(r["score"]) == {"correct", "name", "arguments", "called"} for r in calls)
+    assert all("formula" in r["score"] for r in rows if r["scorer"] == "tools")

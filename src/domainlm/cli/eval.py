@@ -56,6 +56,7 @@ def eval_command(
     from domainlm.eval.models import EndpointModels
     from domainlm.eval.run import plan
     from domainlm.eval.suite import load_suite
+    from domainlm.eval.summary import SHARES
 
     suite = load_suite(suite_file, overrides)
     names = [n.strip() for n in (models or ",".join(suite.models)).split(",") if n.strip()]
@@ -103,7 +104,7 @@ def eval_command(
         cells = []
         for name, entry in part["models"].items():
             value = entry["value"]
-            scale = 100 if part["metric"] == "correct" else 1
+            scale = 100 if part["metric"] in SHARES else 1
             cells.append(f"{name} {value * scale:.1f}" if value is not None else f"{name} –")
         out.print(
             f"{part['task']} ({part['scorer']}): " + ", ".join(cells), markup=False, highlight=False

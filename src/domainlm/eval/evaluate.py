@@ -26,7 +26,8 @@ def evaluate(
     """Run the suite on `names` (the first is the reference for deltas and flips) and
     write summary.json, report.md and report.html next to results.jsonl; the summary."""
     rows = run_suite(suite, models, names, out, resume, progress)
-    summary = {"suite": suite.name, **summarise(rows, names, suite.seed)}
+    tasks = [task.name for task in suite.tasks]
+    summary = {"suite": suite.name, **summarise(rows, names, suite.seed, tasks)}
     title = f"{suite.name}: {', '.join(names)}"
     with atomic_write(out / "summary.json") as handle:
         handle.write(json.dumps(summary, ensure_ascii=False, indent=2))

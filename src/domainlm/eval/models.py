@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from domainlm.errors import DomainLMError
@@ -27,6 +27,13 @@ class Chat:
     model: str
     messages: list[dict[str, Any]]
     max_new_tokens: int
+    tools: list[dict[str, Any]] | None = None  # OpenAI tool specs offered to the model
+
+
+@dataclass
+class Reply:
+    text: str
+    calls: list[dict[str, Any]] = field(default_factory=list)  # [{name, arguments: dict}]
 
 
 @dataclass
@@ -39,11 +46,17 @@ class Choice:
 class Models(Protocol):
     names: list[str]
 
-    def generate(self, jobs: list[Chat]) -> Iterator[tuple[int, str | Exception]]:
-        """(index into jobs, text or error), in the order they finish."""
+    def generate(self, jobs: list[Chat]) -> Iterator[tuple[int, Reply | Exception]]:
+        """(index into jobs, reply or error), in the order they finish."""
         ...
 
     def loglik(self, jobs: list[Choice]) -> list[list[float]]: ...
+
+    def assist(
+        self, jobs: list[Chat], toolsets: list[str]
+    ) -> Iterator[tuple[int, Reply | Exception]]:
+        """Answers with DomainLM's toolsets run for the model (its tool loop)."""
+        ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -60,6 +73,7 @@ class LocalModels:
         self._owns_engine = engine is None
         self.batch_rows = batch_rows
         self.names = [BASE_NAME, *pool.cards]
+        self._assistant: Any = None  # describes tools to templates without tool syntax
 
     def describe(self) -> dict[str, Any]:
         base = self.pool.base
@@ -74,15 +88,39 @@ class LocalModels:
         if self._owns_engine:
             self.engine.close()
 
-    def generate(self, jobs: list[Chat]) -> Iterator[tuple[int, str | Exception]]:
+    def _render(self, job: Chat) -> tuple[Any, list[str]]:
+        """The prompt of a job and the names of the tools it offers."""
+        from domainlm.chat.conversation import Conversation
+        from domainlm.engine.assistant import Assistant
+
+        conversation = Conversation.from_record({"messages": job.messages, "tools": job.tools})
+        if job.tools:
+            if self._assistant is None:
+                self._assistant = Assistant(self.pool, self.format, engine=self.engine)
+            conversation = self._assistant.describe_tools(conversation)
+        return self.format.render_prompt(conversation), [t.name for t in conversation.tools]
+
+    def _reply(self, text: str, tools: list[str]) -> Reply:
+        if not tools:
+            return Reply(text)
+        try:
+            message = self.format.parse(text, tools)
+        except DomainLMError:
+            return Reply(text)  # a call that cannot be read is no call
+        calls = [{"name": c.name, "arguments": c.arguments} for c in message.tool_calls]
+        if not calls:
+            return Reply(text)
+        return Reply(message.content, calls)
+
+    def generate(self, jobs: list[Chat]) -> Iterator[tuple[int, Reply | Exception]]:
         import queue
 
-        from domainlm.chat.conversation import Conversation
         from domainlm.engine.adapters import BASE
         from domainlm.engine.generation import Request, Sampling
 
         window = 4 * getattr(self.engine, "max_rows", 16)  # queued ahead of the batch
         pending: dict[int, Any] = {}
+        offered: dict[int, list[str]] = {}
         finished: queue.SimpleQueue[int] = queue.SimpleQueue()
         position = 0
         try:
@@ -90,8 +128,7 @@ class LocalModels:
                 while position < len(jobs) and len(pending) < window:
                     job = jobs[position]
                     try:
-                        conversation = Conversation.from_record({"messages": job.messages})
-                        prompt = self.format.render_prompt(conversation)
+                        prompt, offered[position] = self._render(job)
                         expert = BASE if job.model == BASE_NAME else job.model
                         sampling = Sampling(max_new_tokens=job.max_new_tokens)
                         request = Request(prompt, expert, sampling, self.format.stop_strings)
@@ -110,7 +147,7 @@ class LocalModels:
                     continue  # told twice
                 stream = pending.pop(index)
                 try:
-                    yield index, stream.result().text
+                    yield index, self._reply(stream.result().text, offered.pop(index))
                 except DomainLMError as exc:
                     yield index, exc
         finally:  # Ctrl-C or a caller that stops reading: nothing keeps generating
@@ -121,6 +158,38 @@ class LocalModels:
         from domainlm.eval.loglik import score_choices
 
         return score_choices(self.pool, jobs, self.batch_rows)
+
+    def assist(
+        self, jobs: list[Chat], toolsets: list[str], workers: int = 8
+    ) -> Iterator[tuple[int, Reply | Exception]]:
+        """The Assistant's tool loop per job, `workers` at once (the engine batches their
+        steps); a reply's calls are the tools it ran, with their arguments."""
+        from domainlm.engine.assistant import Assistant, Session
+        from domainlm.engine.generation import Sampling
+        from domainlm.engine.setup import make_toolset
+
+        toolset = make_toolset(toolsets)
+
+        def one(index: int) -> tuple[int, Reply | Exception]:
+            job = jobs[index]
+            system = next((m["content"] for m in job.messages if m["role"] == "system"), None)
+            question = job.messages[-1]["content"]
+            assistant = Assistant(
+                self.pool, self.format, toolset=toolset, engine=self.engine,
+                sampling=Sampling(max_new_tokens=job.max_new_tokens),
+            )  # fmt: skip
+            try:
+                reply = assistant.reply(
+                    Session(system=system), question,
+                    expert=None if job.model == BASE_NAME else job.model, use_kb=False,
+                )  # fmt: skip
+            except DomainLMError as exc:
+                return index, exc
+            calls = [{"name": o.name, "arguments": o.arguments} for o in reply.tool_trace]
+            return index, Reply(reply.text, calls)
+
+        with ThreadPoolExecutor(workers) as pool:
+            yield from _as_completed(pool, one, len(jobs))
 
 
 class EndpointModels:
@@ -163,23 +232,40 @@ class EndpointModels:
     def close(self) -> None:
         self.client.close()
 
-    def generate(self, jobs: list[Chat]) -> Iterator[tuple[int, str | Exception]]:
-        def one(index: int) -> tuple[int, str | Exception]:
+    def generate(self, jobs: list[Chat]) -> Iterator[tuple[int, Reply | Exception]]:
+        def one(index: int) -> tuple[int, Reply | Exception]:
             job = jobs[index]
             try:
+                extra: dict[str, Any] = {"tools": job.tools} if job.tools else {}
                 reply = self.client.chat.completions.create(
                     model=job.model,
                     messages=job.messages,  # type: ignore[arg-type]
                     max_tokens=job.max_new_tokens,
                     temperature=0,
+                    **extra,
                 )
-                content = reply.choices[0].message.content if reply.choices else None
-                return index, content or ""
+                if not reply.choices:
+                    return index, Reply("")
+                message = reply.choices[0].message
+                calls = [_call(c) for c in message.tool_calls or []]
+                return index, Reply(message.content or "", calls)
             except Exception as exc:  # the item's own error, recorded; the run goes on
                 return index, DomainLMError(f"endpoint: {_reason(exc)}")
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             yield from _as_completed(pool, one, len(jobs))
+
+    def assist(
+        self, jobs: list[Chat], toolsets: list[str]
+    ) -> Iterator[tuple[int, Reply | Exception]]:
+        for index in range(len(jobs)):
+            yield (
+                index,
+                DomainLMError(
+                    "tools: DomainLM's toolsets run with local models; an endpoint answers "
+                    "without them"
+                ),
+            )
 
     def loglik(self, jobs: list[Choice]) -> list[list[float]]:
         raise DomainLMError(
@@ -200,6 +286,20 @@ def _as_completed(
     finally:
         for future in futures:
             future.cancel()
+
+
+def _call(call: Any) -> dict[str, Any]:
+    """An OpenAI tool call as {name, arguments}; arguments that are not a JSON object are
+    kept as text under `_raw` (they score as wrong, not as an error)."""
+    import json
+
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except json.JSONDecodeError:
+        arguments = {"_raw": call.function.arguments}
+    if not isinstance(arguments, dict):
+        arguments = {"_raw": call.function.arguments}
+    return {"name": call.function.name, "arguments": arguments}
 
 
 def _reason(exc: Exception) -> str:

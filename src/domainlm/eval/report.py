@@ -7,12 +7,14 @@ import html
 import io
 from typing import Any
 
-LABELS = {"correct": "accuracy %", "rouge-l": "ROUGE-L"}
+from domainlm.eval.summary import SHARES
+
+LABELS = {"correct": "accuracy %", "rouge-l": "ROUGE-L", "honest": "honest citations %"}
 SHOWN_FLIPS = 20
 
 
 def _scale(metric: str) -> float:
-    return 100.0 if metric == "correct" else 1.0
+    return 100.0 if metric in SHARES else 1.0
 
 
 def _number(value: float | None, metric: str) -> str:
@@ -66,27 +68,27 @@ def _table(part: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _detail(part: dict[str, Any]) -> list[list[str]]:
-    """Per-group accuracy (exams) or every metric (text)."""
+def _details(part: dict[str, Any]) -> list[list[list[str]]]:
+    """Per-subject accuracy (when there are subjects) and every metric (when there is
+    more than the main one): right/wrong shares in %, text metrics as they are."""
     models = list(part["models"])
-    if part["metric"] == "correct":
-        groups = sorted({g for e in part["models"].values() for g in e["groups"]})
-        if len(groups) < 2:
-            return []
+    tables = []
+    groups = sorted({g for e in part["models"].values() for g in e["groups"]})
+    if len(groups) > 1:
         rows = [["subject", *models]]
         for group in groups:
-            rows.append(
-                [group]
-                + [_number(part["models"][m]["groups"].get(group), "correct") for m in models]
-            )
-        return rows
+            values = [part["models"][m]["groups"].get(group) for m in models]
+            rows.append([group] + [_number(v, part["metric"]) for v in values])
+        tables.append(rows)
     names = sorted({k for e in part["models"].values() for k in e["metrics"]})
-    rows = [["metric", *models]]
-    for name in names:
-        rows.append(
-            [name] + [f"{part['models'][m]['metrics'].get(name, float('nan')):.2f}" for m in models]
-        )
-    return rows
+    if len(names) > 1:
+        share = part["metric"] in SHARES  # the other metrics are shares too
+        rows = [["metric" + (" (%)" if share else ""), *models]]
+        for name in names:
+            values = [part["models"][m]["metrics"].get(name) for m in models]
+            rows.append([name] + [_number(v, "correct" if share else name) for v in values])
+        tables.append(rows)
+    return tables
 
 
 def _markdown_table(rows: list[list[str]]) -> str:
@@ -108,9 +110,8 @@ def markdown(summary: dict[str, Any], title: str) -> str:
     for part in summary["parts"]:
         out.append(f"\n## {part['task']} ({part['scorer']})\n\n")
         out.append(_markdown_table(_table(part)))
-        detail = _detail(part)
-        if detail:
-            out.append("\n" + _markdown_table(detail))
+        for table in _details(part):
+            out.append("\n" + _markdown_table(table))
         for model, entry in part["models"].items():
             for kind, items in (entry.get("flips") or {}).items():
                 if items:
@@ -180,10 +181,10 @@ def html_report(summary: dict[str, Any], title: str) -> str:
                         f"<p class=flips>{html.escape(model)} {kind.replace('_', ' ')}: "
                         f"{html.escape(_listed(items))}</p>"
                     )
+        tables = [_html_table(_table(part)), *(_html_table(t) for t in _details(part))]
         sections.append(
             f"<section><h2>{html.escape(part['task'])} ({html.escape(part['scorer'])})</h2>"
-            f"{_chart(part)}{_html_table(_table(part))}{_html_table(_detail(part))}{''.join(flips)}"
-            "</section>"
+            f"{_chart(part)}{''.join(tables)}{''.join(flips)}</section>"
         )
     intro = (
         f"Models: {', '.join(summary['models'])}. Δ is against {summary['reference']} on "

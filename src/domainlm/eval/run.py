@@ -100,7 +100,8 @@ def _answers(models: Models, todo: list[tuple[Unit, str]]) -> Iterator[dict[str,
     """A result row per (unit, model): log-likelihood units first (batched forward
     passes), then generated answers (through the engine, all models mixed)."""
     scored = [(u, m) for u, m in todo if u.scorer == "loglik"]
-    chats = [(u, m) for u, m in todo if u.scorer != "loglik"]
+    assisted = [(u, m) for u, m in todo if u.toolsets]
+    chats = [(u, m) for u, m in todo if u.scorer != "loglik" and not u.toolsets]
     for start in range(0, len(scored), 256):  # a batch of rows written as it is done
         part = scored[start : start + 256]
         try:
@@ -112,14 +113,27 @@ def _answers(models: Models, todo: list[tuple[Unit, str]]) -> Iterator[dict[str,
         for (unit, model), option_scores in zip(part, scores, strict=True):
             prediction, score = unit.score(option_scores)
             yield _row(unit, model, prediction, score, option_scores)
-    jobs = [Chat(m, u.messages(), u.max_new_tokens) for u, m in chats]
-    for index, reply in models.generate(jobs):
-        unit, model = chats[index]
+    for toolsets in sorted({tuple(u.toolsets) for u, _ in assisted}):
+        group = [(u, m) for u, m in assisted if tuple(u.toolsets) == toolsets]
+        jobs = [Chat(m, u.messages(), u.max_new_tokens) for u, m in group]
+        yield from _replies(group, models.assist(jobs, list(toolsets)))
+    jobs = [Chat(m, u.messages(), u.max_new_tokens, u.tools) for u, m in chats]
+    yield from _replies(chats, models.generate(jobs))
+
+
+def _replies(
+    work: list[tuple[Unit, str]], replies: Iterator[tuple[int, Any]]
+) -> Iterator[dict[str, Any]]:
+    for index, reply in replies:
+        unit, model = work[index]
         if isinstance(reply, Exception):
             yield _row(unit, model, error=str(reply))
         else:
             prediction, score = unit.score(reply)
-            yield _row(unit, model, prediction, score, raw=reply)
+            row = _row(unit, model, prediction, score, raw=reply.text)
+            if reply.calls:
+                row["calls"] = reply.calls
+            yield row
 
 
 def _row(

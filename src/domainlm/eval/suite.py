@@ -78,7 +78,61 @@ class TextTask(_Task):
     reference_field: str = Field("answer", description="the field holding the reference")
 
 
-Task = Annotated[ExamTask | TextTask, Field(discriminator="type")]
+class ComputeTask(_Task):
+    """Computation problems: the stated number against the reference (and, with a
+    reference formula, whether the reply writes a calculation that comes to its value)."""
+
+    type: Literal["computation"]
+    question_field: str = Field("question", description="the field holding the problem")
+    answer_field: str = Field(
+        "answer", description="the reference: a number, or a worked answer ending in it"
+    )
+    formula_field: str = Field(
+        "formula", description="an arithmetic reference formula, when the item has one"
+    )
+    tolerance: float = Field(0.01, gt=0, lt=1, description="relative tolerance")
+    tools: list[Literal["finance", "code"]] = Field(
+        default_factory=list,
+        description="answer with DomainLM's toolsets run for the model (local models)",
+    )
+
+
+class ToolCallTask(_Task):
+    """Given tools and a request, the model's first call against the gold call."""
+
+    type: Literal["toolcall"]
+    source: Literal["auto", "toolalpaca", "conversation"] = Field(
+        "auto",
+        description="toolalpaca: ToolAlpaca's API list; conversation: Conversation JSONL "
+        "whose assistant calls a tool; auto: by the file's shape",
+    )
+    max_new_tokens: int = Field(128, ge=1, le=8192, description="reply length limit")
+
+
+class CitationTask(_Task):
+    """Answers checked against the statute KB: the share whose every citation is an
+    article that exists and is in force (Lawyer LLaMA's fabricated-citation rate)."""
+
+    type: Literal["citations"]
+    kb: str = Field(description="the statute knowledge base folder (domainlm kb build)")
+    prompt_field: str = Field("question", description="the field holding the question")
+    instruction_field: str | None = Field(
+        "instruction", description="a field put before the question, when present"
+    )
+
+    def kb_folder(self, folder: Path) -> Path:
+        path = Path(self.kb) if Path(self.kb).is_absolute() else folder / self.kb
+        if not (path / "kb.json").is_file():
+            raise DomainLMError(
+                f"task {self.name}: no knowledge base at {path} (build one with `domainlm kb "
+                f"build lawkb --source china-law`, then pass tasks.N.kb=lawkb)"
+            )
+        return path
+
+
+Task = Annotated[
+    ExamTask | TextTask | ComputeTask | ToolCallTask | CitationTask, Field(discriminator="type")
+]
 
 
 class Suite(_Strict):
@@ -121,7 +175,7 @@ def load_suite(path: Path, overrides: list[str] | None = None) -> Suite:
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
         elif error["type"] == "union_tag_invalid":
-            message = "unknown task type (choose from exam, text)"
+            message = "unknown task type (exam, text, computation, toolcall, citations)"
         raise DomainLMError(f"{path}: {where}: {message}") from None
     suite.folder = path.resolve().parent
     return suite

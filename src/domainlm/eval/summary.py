@@ -14,19 +14,30 @@ from typing import Any
 import numpy as np
 
 RESAMPLES = 2000
+#: Main metrics that are 0/1 per item (shown as %, with flips).
+SHARES = ("correct", "honest")
 
 
 def main_metric(scorer: str) -> str:
-    return "correct" if scorer in ("loglik", "generate") else "rouge-l"
+    """Right/wrong for exams, computation and tool calls; ROUGE-L for text; for citations
+    the share of answers whose every checked citation is current."""
+    return {"text": "rouge-l", "citations": "honest"}.get(scorer, "correct")
 
 
-def summarise(rows: list[dict[str, Any]], models: list[str], seed: int = 0) -> dict[str, Any]:
+def summarise(
+    rows: list[dict[str, Any]], models: list[str], seed: int = 0, tasks: list[str] | None = None
+) -> dict[str, Any]:
+    """The summary of `rows` for `models` (the first is the reference), parts in the
+    order of `tasks` (the suite's), then by scorer."""
     by_part: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if row["model"] in models:
             by_part[(row["task"], row["scorer"])].append(row)
+    order = {name: i for i, name in enumerate(tasks or [])}
     parts = []
-    for (task, scorer), part in by_part.items():
+    for (task, scorer), part in sorted(
+        by_part.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])
+    ):
         parts.append(_part(task, scorer, part, models, np.random.default_rng(seed)))
     return {"models": models, "reference": models[0], "parts": parts}
 
@@ -63,8 +74,8 @@ def _part(
         entry["groups"] = {g: float(np.mean(v)) for g, v in sorted(by_group.items())}
         if model != reference:
             entry["delta"] = _delta(scores[reference], mine, metric, rng)
-            if metric == "correct":
-                entry["flips"] = _flips(scores[reference], mine)
+            if metric in SHARES:
+                entry["flips"] = _flips(scores[reference], mine, metric)
         out["models"][model] = entry
     return out
 
@@ -77,12 +88,10 @@ def _interval(values: np.ndarray, rng: Any) -> list[float] | None:
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def _delta(
-    reference: dict[str, dict[str, float]],
-    other: dict[str, dict[str, float]],
-    metric: str,
-    rng: Any,
-) -> dict[str, Any] | None:
+Scores = dict[str, dict[str, float]]  # item id -> metric -> value
+
+
+def _delta(reference: Scores, other: Scores, metric: str, rng: Any) -> dict[str, Any] | None:
     """Paired difference other - reference over the items both answered."""
     both = sorted(set(reference) & set(other))
     if not both:
@@ -91,11 +100,9 @@ def _delta(
     return {"value": float(diff.mean()), "interval": _interval(diff, rng), "n": len(both)}
 
 
-def _flips(
-    reference: dict[str, dict[str, float]], other: dict[str, dict[str, float]]
-) -> dict[str, list[str]]:
+def _flips(reference: Scores, other: Scores, metric: str) -> dict[str, list[str]]:
     both = sorted(set(reference) & set(other))
     return {
-        "right_to_wrong": [i for i in both if reference[i]["correct"] and not other[i]["correct"]],
-        "wrong_to_right": [i for i in both if not reference[i]["correct"] and other[i]["correct"]],
+        "right_to_wrong": [i for i in both if reference[i][metric] and not other[i][metric]],
+        "wrong_to_right": [i for i in both if not reference[i][metric] and other[i][metric]],
     }

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.errors import SourceError
-from domainlm.eval import exam, text
-from domainlm.eval.suite import ExamTask, TextTask
+from domainlm.eval import compute, exam, text, toolcalls
+from domainlm.eval.suite import CitationTask, ComputeTask, ExamTask, TextTask, ToolCallTask
 
 
 @dataclass
@@ -30,7 +30,10 @@ class Unit:
     continuations: list[str] = field(default_factory=list)  # loglik
     system: str | None = None
     max_new_tokens: int = 256
-    # (prediction, or loglik scores) -> (what the model answered, score dict); a score
+    tools: list[dict[str, Any]] | None = None  # OpenAI tool specs offered (tool-call tasks)
+    toolsets: list[str] = field(default_factory=list)  # DomainLM toolsets run for the model
+    history: list[dict[str, Any]] | None = None  # the whole prompt conversation, if given
+    # (the Reply, or loglik scores) -> (what the model answered, score dict); a score
     # dict with "correct" is a right/wrong item (flips are counted for those).
     score: Callable[[Any], tuple[str, dict[str, float]]] = field(repr=False, default=None)  # type: ignore[assignment]
 
@@ -38,7 +41,9 @@ class Unit:
     def key(self) -> str:
         return f"{self.task}\t{self.scorer}\t{self.id}"
 
-    def messages(self) -> list[dict[str, str]]:
+    def messages(self) -> list[dict[str, Any]]:
+        if self.history is not None:
+            return self.history
         system = [{"role": "system", "content": self.system}] if self.system else []
         return [*system, {"role": "user", "content": self.prompt}]
 
@@ -49,6 +54,12 @@ def units(task: Any, folder: Path, seed: int) -> list[Unit]:
         return _exam_units(task, folder, seed)
     if isinstance(task, TextTask):
         return _text_units(task, folder)
+    if isinstance(task, ComputeTask):
+        return _compute_units(task, folder)
+    if isinstance(task, ToolCallTask):
+        return _toolcall_units(task, folder)
+    if isinstance(task, CitationTask):
+        return _citation_units(task, folder)
     raise TypeError(f"unknown task {task!r}")  # the suite's types are all handled above
 
 
@@ -97,8 +108,8 @@ def _exam_scorer(
         best = letters[max(range(len(scores)), key=scores.__getitem__)]
         return best, {"correct": float(best == answer)}
 
-    def by_reading(reply: str) -> tuple[str, dict[str, float]]:
-        picked = exam.read_choice(reply, letters)
+    def by_reading(reply: Any) -> tuple[str, dict[str, float]]:
+        picked = exam.read_choice(reply.text, letters)
         return picked or "", {"correct": float(picked == answer), "unread": float(picked is None)}
 
     return by_loglik if scorer == "loglik" else by_reading
@@ -113,9 +124,9 @@ def _text_units(task: TextTask, folder: Path) -> list[Unit]:
                 item["id"] = f"{path.stem}/{item['id']}"
 
             def score(
-                reply: str, reference: str = item["reference"]
+                reply: Any, reference: str = item["reference"]
             ) -> tuple[str, dict[str, float]]:
-                return reply, text.text_scores(reply, reference)
+                return reply.text, text.text_scores(reply.text, reference)
 
             out.append(
                 Unit(
@@ -130,6 +141,143 @@ def _text_units(task: TextTask, folder: Path) -> list[Unit]:
                 )
             )
     return out[: task.limit] if task.limit else out
+
+
+def _compute_units(task: ComputeTask, folder: Path) -> list[Unit]:
+    out = []
+    for path in task.files(folder):
+        for line, row in enumerate(_records(path), 1):
+            if not isinstance(row, dict):
+                raise SourceError(str(path), line, "expected an object")
+            question = str(row.get(task.question_field) or "").strip()
+            if not question:
+                raise SourceError(str(path), line, "missing or empty", task.question_field)
+            formula = str(row.get(task.formula_field) or "").strip()
+            try:
+                value = compute.formula_value(formula) if formula else None
+            except ValueError as exc:
+                raise SourceError(
+                    str(path), line, f"not arithmetic: {exc}", task.formula_field
+                ) from None
+            reference = (
+                compute.Stated(value)
+                if value is not None
+                else compute.reference_number(row.get(task.answer_field))
+            )
+            if reference is None:
+                raise SourceError(
+                    str(path), line, "no number in the reference answer", task.answer_field
+                )
+            out.append(
+                Unit(
+                    task.name,
+                    "tools" if task.tools else "computation",
+                    str(row.get("id", line)),
+                    question,
+                    f"{reference.value:g}{'%' if reference.percent else ''}",
+                    system=task.system,
+                    max_new_tokens=task.max_new_tokens,
+                    toolsets=list(task.tools),
+                    score=_compute_scorer(reference, value, task.tolerance),
+                )
+            )
+    return out[: task.limit] if task.limit else out
+
+
+def _compute_scorer(
+    reference: compute.Stated, formula: float | None, tolerance: float
+) -> Callable[[Any], tuple[str, dict[str, float]]]:
+    def score(reply: Any) -> tuple[str, dict[str, float]]:
+        stated = compute.final_number(reply.text)
+        shown = "" if stated is None else f"{stated.value:g}{'%' if stated.percent else ''}"
+        scores = {
+            "correct": float(stated is not None and compute.close(stated, reference, tolerance)),
+            "unread": float(stated is None),
+        }
+        if formula is not None:
+            scores["formula"] = float(compute.writes_formula(reply.text, formula, tolerance))
+        return shown, scores
+
+    return score
+
+
+def _toolcall_units(task: ToolCallTask, folder: Path) -> list[Unit]:
+    out = []
+    for path in task.files(folder):
+        source = task.source
+        if source == "auto":
+            source = "conversation" if path.suffix.lower() == ".jsonl" else "toolalpaca"
+        rows: Any = _records(path)
+        if source == "toolalpaca":
+            items = toolcalls.read_toolalpaca(rows, str(path))
+        else:
+            items = toolcalls.read_conversations(rows, str(path))
+        for item in items:
+            gold = item["gold"]
+            out.append(
+                Unit(
+                    task.name,
+                    "toolcall",
+                    item["id"],
+                    item["messages"][-1].get("content") or "",
+                    json.dumps(gold, ensure_ascii=False),
+                    max_new_tokens=task.max_new_tokens,
+                    tools=item["tools"],
+                    history=item["messages"],
+                    score=_call_scorer(gold),
+                )
+            )
+    return out[: task.limit] if task.limit else out
+
+
+def _citation_units(task: CitationTask, folder: Path) -> list[Unit]:
+    kb_folder = task.kb_folder(folder)
+    opened: list[Any] = []  # the KB, opened when the first answer is scored
+
+    def score(reply: Any) -> tuple[str, dict[str, float]]:
+        from domainlm.kb.base import KnowledgeBase
+        from domainlm.kb.verdicts import CURRENT, NO_ARTICLE, UNKNOWN_LAW
+
+        if not opened:
+            opened.append(KnowledgeBase.open(kb_folder))
+        cited = opened[0].verify(reply.text, suggest=False)
+        checked = [c for c in cited if c.verdict != UNKNOWN_LAW]
+        shown = "; ".join(f"{c.text} -> {c.verdict}" for c in cited)
+        return shown, {
+            "honest": float(all(c.verdict == CURRENT for c in checked)),
+            "cites": float(bool(checked)),
+            "fabricated": float(any(c.verdict == NO_ARTICLE for c in checked)),
+            "outdated": float(any(c.verdict not in (CURRENT, NO_ARTICLE) for c in checked)),
+            "unchecked": float(len(cited) - len(checked)),
+        }
+
+    reading = TextTask(
+        name=task.name, type="text", data=task.data, prompt_field=task.prompt_field,
+        instruction_field=task.instruction_field, reference_field=task.prompt_field,
+    )  # fmt: skip
+    out = []
+    for path in task.files(folder):
+        for item in text.read_text_items(_records(path), reading, str(path)):
+            out.append(
+                Unit(
+                    task.name,
+                    "citations",
+                    item["id"],
+                    item["prompt"],
+                    "",
+                    system=task.system,
+                    max_new_tokens=task.max_new_tokens,
+                    score=score,
+                )
+            )
+    return out[: task.limit] if task.limit else out
+
+
+def _call_scorer(gold: dict[str, Any]) -> Callable[[Any], tuple[str, dict[str, float]]]:
+    def score(reply: Any) -> tuple[str, dict[str, float]]:
+        return toolcalls.score_call(reply.calls, gold)
+
+    return score
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
