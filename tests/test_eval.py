@@ -418,3 +418,80 @@ tasks:
     calls = [r for r in rows if r["scorer"] == "toolcall"]
     assert all(set(r["score"]) == {"correct", "name", "arguments", "called"} for r in calls)
     assert all("formula" in r["score"] for r in rows if r["scorer"] == "tools")
+
+
+def test_read_verdict_is_strict() -> None:
+    from domainlm.eval.judge import DISC_CRITERIA, read_verdict
+
+    good = '{"accuracy": 4, "usefulness": 3, "language": 5, "reflection": 2}'
+    assert read_verdict(good, DISC_CRITERIA, 5)["language"] == 5.0
+    assert read_verdict(f"```json\n{good}\n```", DISC_CRITERIA, 5)["accuracy"] == 4.0
+    for bad in (
+        "Good answer. " + good,  # prose around it
+        '{"accuracy": 4, "usefulness": 3, "language": 5}',  # one missing
+        '{"accuracy": 6, "usefulness": 3, "language": 5, "reflection": 2}',  # out of range
+        '{"accuracy": 4.5, "usefulness": 3, "language": 5, "reflection": 2}',  # not an integer
+        "[4, 3, 5, 2]",
+    ):
+        with pytest.raises(DomainLMError, match="off-format"):
+            read_verdict(bad, DISC_CRITERIA, 5)
+
+
+def test_a_judge_behind_a_real_server(local: Any, tmp_path: Path) -> None:
+    """Answers from the local models, judged by a model behind an OpenAI-compatible server
+    on 127.0.0.1 (scripted verdicts): a good verdict scores, off-format ones are the items'
+    errors with the raw verdict kept, and the run goes on."""
+    from domainlm.engine.assistant import Assistant
+    from domainlm.eval.run import run_suite
+    from domainlm.serve.runtime import Runtime
+    from domainlm.serve.settings import load_settings
+    from tests.serve_helpers import ScriptedEngine, serving
+
+    verdicts = [
+        '{"accuracy": 4, "usefulness": 3, "language": 5, "reflection": 2}',
+        'Fine answer: {"accuracy": 4, "usefulness": 3, "language": 5, "reflection": 2}',
+        '{"accuracy": 9, "usefulness": 3, "language": 5, "reflection": 2}',
+    ]
+    engine = ScriptedEngine(local.pool.base.tokenizer, verdicts)
+    runtime = Runtime(load_settings(None, ["model=tiny"]), local.pool, engine, local.format)
+    runtime.raw = Assistant(local.pool, local.format, engine=engine)
+    with serving(runtime) as (url, _):
+        path = tmp_path / "suite.yaml"
+        path.write_text(
+            f"name: judged\ntasks:\n  - {{name: j, type: judge, data: {ROOT}/examples/eval/"
+            f"law_consult.jsonl, max_new_tokens: 8, judge: {{url: '{url}/v1', model: base}}}}\n"
+        )
+        rows = run_suite(load_suite(path), local, ["base"], tmp_path / "out")
+    judged = [r for r in rows if "error" not in r]
+    assert len(judged) == 1 and judged[0]["score"]["score"] == pytest.approx(62.5)
+    assert judged[0]["verdict"] == verdicts[0] and "【参考答案】" in judged[0]["judge_prompt"]
+    errors = sorted(r["error"] for r in rows if "error" in r)
+    assert len(errors) == 2 and all("judge answered off-format" in e for e in errors)
+    assert any("accuracy = 9" in e for e in errors)
+
+
+def test_summary_intervals_flips_and_forgetting() -> None:
+    from domainlm.eval.report import markdown
+    from domainlm.eval.summary import summarise
+
+    def rows(task: str, model: str, right: int) -> list[dict[str, Any]]:
+        return [
+            {"task": task, "scorer": "generate", "id": str(i), "group": "g", "model": model,
+             "score": {"correct": float(i < right)}}
+            for i in range(20)
+        ]  # fmt: skip
+
+    data = rows("general", "base", 18) + rows("general", "fin", 6) + rows("exam", "base", 10)
+    data += rows("exam", "fin", 11) + [{"task": "exam", "scorer": "generate", "id": "x",
+                                         "model": "fin", "error": "endpoint: 500"}]  # fmt: skip
+    summary = summarise(data, ["base", "fin"], tasks=["exam", "general"], regression={"general"})
+    exam_part, general = summary["parts"]
+    assert (exam_part["task"], general["task"]) == ("exam", "general")  # the suite's order
+    fin = general["models"]["fin"]
+    assert fin["delta"]["value"] == pytest.approx(-0.6) and fin["forgot"]
+    assert fin["delta"]["interval"][1] < 0 < general["models"]["base"]["interval"][0]
+    assert fin["flips"] == {"right_to_wrong": [str(i) for i in sorted(range(6, 18), key=str)],
+                            "wrong_to_right": []}  # fmt: skip
+    assert "forgot" not in exam_part["models"]["fin"] and exam_part["models"]["fin"]["errors"] == 1
+    assert exam_part["models"]["fin"]["flips"]["wrong_to_right"] == ["10"]
+    assert "⚠ forgetting" in markdown(summary, "t")

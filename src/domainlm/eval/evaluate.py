@@ -27,7 +27,8 @@ def evaluate(
     write summary.json, report.md and report.html next to results.jsonl; the summary."""
     rows = run_suite(suite, models, names, out, resume, progress)
     tasks = [task.name for task in suite.tasks]
-    summary = {"suite": suite.name, **summarise(rows, names, suite.seed, tasks)}
+    regression = {task.name for task in suite.tasks if task.regression}
+    summary = {"suite": suite.name, **summarise(rows, names, suite.seed, tasks, regression)}
     title = f"{suite.name}: {', '.join(names)}"
     with atomic_write(out / "summary.json") as handle:
         handle.write(json.dumps(summary, ensure_ascii=False, indent=2))

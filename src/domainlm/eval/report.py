@@ -9,7 +9,12 @@ from typing import Any
 
 from domainlm.eval.summary import SHARES
 
-LABELS = {"correct": "accuracy %", "rouge-l": "ROUGE-L", "honest": "honest citations %"}
+LABELS = {
+    "correct": "accuracy %",
+    "rouge-l": "ROUGE-L",
+    "honest": "honest citations %",
+    "score": "judge score (0-100)",
+}
 SHOWN_FLIPS = 20
 
 
@@ -59,7 +64,8 @@ def _table(part: dict[str, Any]) -> list[list[str]]:
                 model,
                 str(entry["n"]),
                 _number(entry["value"], metric) + _span(entry["interval"], metric),
-                _signed(entry.get("delta"), metric) if "delta" in entry else "",
+                (_signed(entry.get("delta"), metric) if "delta" in entry else "")
+                + (" ⚠ forgetting" if entry.get("forgot") else ""),
                 str(len(flips.get("right_to_wrong", []))) if flips else "",
                 str(len(flips.get("wrong_to_right", []))) if flips else "",
                 str(entry["errors"]),

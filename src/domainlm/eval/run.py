@@ -128,12 +128,18 @@ def _replies(
         unit, model = work[index]
         if isinstance(reply, Exception):
             yield _row(unit, model, error=str(reply))
-        else:
-            prediction, score = unit.score(reply)
-            row = _row(unit, model, prediction, score, raw=reply.text)
-            if reply.calls:
-                row["calls"] = reply.calls
-            yield row
+            continue
+        try:
+            scored: tuple[Any, ...] = unit.score(reply)
+        except DomainLMError as exc:  # a judge down or off-format: the item's error
+            yield {**_row(unit, model, error=str(exc)), "reply": reply.text}
+            continue
+        row = _row(unit, model, scored[0], scored[1], raw=reply.text)
+        if reply.calls:
+            row["calls"] = reply.calls
+        for more in scored[2:]:
+            row.update(more)  # a judge's prompt and raw verdict
+        yield row
 
 
 def _row(

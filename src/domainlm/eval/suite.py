@@ -32,6 +32,11 @@ class _Task(_Strict):
     limit: int | None = Field(None, ge=1, description="score only the first N items")
     max_new_tokens: int = Field(256, ge=1, le=8192, description="reply length limit")
     system: str | None = Field(None, description="system prompt for generated answers")
+    regression: bool = Field(
+        False,
+        description="a general-ability task run to catch forgetting: an expert significantly "
+        "below the reference here is flagged in the report",
+    )
 
     @field_validator("name")
     @classmethod
@@ -130,8 +135,33 @@ class CitationTask(_Task):
         return path
 
 
+class JudgeSettings(_Strict):
+    url: str = Field(description="the judge's OpenAI-compatible /v1 URL")
+    model: str = Field(description="the judge's model id")
+    api_key_env: str | None = Field(None, description="environment variable with its key")
+    scale: int = Field(5, ge=2, le=10, description="scores run from 1 to this")
+    criteria: dict[str, str] | None = Field(
+        None, description="name -> what it judges (default: DISC-Fin-Eval's four)"
+    )
+
+
+class JudgeTask(_Task):
+    """Answers scored by an LLM judge on criteria (DISC-Fin-Eval's by default)."""
+
+    type: Literal["judge"]
+    judge: JudgeSettings = Field(description="the judge model")
+    prompt_field: str = Field("question", description="the field holding the question")
+    instruction_field: str | None = Field(
+        "instruction", description="a field put before the question, when present"
+    )
+    reference_field: str | None = Field(
+        "answer", description="a reference answer shown to the judge, when present"
+    )
+
+
 Task = Annotated[
-    ExamTask | TextTask | ComputeTask | ToolCallTask | CitationTask, Field(discriminator="type")
+    ExamTask | TextTask | ComputeTask | ToolCallTask | CitationTask | JudgeTask,
+    Field(discriminator="type"),
 ]
 
 
@@ -175,7 +205,7 @@ def load_suite(path: Path, overrides: list[str] | None = None) -> Suite:
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
         elif error["type"] == "union_tag_invalid":
-            message = "unknown task type (exam, text, computation, toolcall, citations)"
+            message = "unknown task type (exam, text, computation, toolcall, citations, judge)"
         raise DomainLMError(f"{path}: {where}: {message}") from None
     suite.folder = path.resolve().parent
     return suite

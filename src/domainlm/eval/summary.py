@@ -21,14 +21,19 @@ SHARES = ("correct", "honest")
 def main_metric(scorer: str) -> str:
     """Right/wrong for exams, computation and tool calls; ROUGE-L for text; for citations
     the share of answers whose every checked citation is current."""
-    return {"text": "rouge-l", "citations": "honest"}.get(scorer, "correct")
+    return {"text": "rouge-l", "citations": "honest", "judge": "score"}.get(scorer, "correct")
 
 
 def summarise(
-    rows: list[dict[str, Any]], models: list[str], seed: int = 0, tasks: list[str] | None = None
+    rows: list[dict[str, Any]],
+    models: list[str],
+    seed: int = 0,
+    tasks: list[str] | None = None,
+    regression: set[str] | None = None,
 ) -> dict[str, Any]:
     """The summary of `rows` for `models` (the first is the reference), parts in the
-    order of `tasks` (the suite's), then by scorer."""
+    order of `tasks` (the suite's), then by scorer. In a `regression` task, a model whose
+    difference to the reference is below zero with 95% confidence is marked `forgot`."""
     by_part: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if row["model"] in models:
@@ -38,7 +43,13 @@ def summarise(
     for (task, scorer), part in sorted(
         by_part.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])
     ):
-        parts.append(_part(task, scorer, part, models, np.random.default_rng(seed)))
+        summary = _part(task, scorer, part, models, np.random.default_rng(seed))
+        if task in (regression or set()):
+            summary["regression"] = True
+            for entry in summary["models"].values():
+                interval = (entry.get("delta") or {}).get("interval")
+                entry["forgot"] = bool(interval and interval[1] < 0)
+        parts.append(summary)
     return {"models": models, "reference": models[0], "parts": parts}
 
 

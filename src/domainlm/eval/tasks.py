@@ -16,7 +16,14 @@ from typing import Any
 
 from domainlm.errors import SourceError
 from domainlm.eval import compute, exam, text, toolcalls
-from domainlm.eval.suite import CitationTask, ComputeTask, ExamTask, TextTask, ToolCallTask
+from domainlm.eval.suite import (
+    CitationTask,
+    ComputeTask,
+    ExamTask,
+    JudgeTask,
+    TextTask,
+    ToolCallTask,
+)
 
 
 @dataclass
@@ -60,6 +67,8 @@ def units(task: Any, folder: Path, seed: int) -> list[Unit]:
         return _toolcall_units(task, folder)
     if isinstance(task, CitationTask):
         return _citation_units(task, folder)
+    if isinstance(task, JudgeTask):
+        return _judge_units(task, folder)
     raise TypeError(f"unknown task {task!r}")  # the suite's types are all handled above
 
 
@@ -268,6 +277,52 @@ def _citation_units(task: CitationTask, folder: Path) -> list[Unit]:
                     system=task.system,
                     max_new_tokens=task.max_new_tokens,
                     score=score,
+                )
+            )
+    return out[: task.limit] if task.limit else out
+
+
+def _judge_units(task: JudgeTask, folder: Path) -> list[Unit]:
+    import os
+
+    from domainlm.eval import judge
+
+    settings = task.judge
+    criteria = settings.criteria or judge.DISC_CRITERIA
+    key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    made: list[judge.Judge] = []  # the client, made when the first answer is judged
+
+    def scorer(question: str, reference: str) -> Callable[[Any], Any]:
+        def score(reply: Any) -> tuple[str, dict[str, float], dict[str, Any]]:
+            if not made:
+                made.append(
+                    judge.Judge(settings.url, settings.model, key, criteria, settings.scale)
+                )
+            prompt, raw, scores = made[0](question, reply.text, reference)
+            summary = judge.scores_summary(scores, settings.scale)
+            return reply.text, summary, {"judge_prompt": prompt, "verdict": raw}
+
+        return score
+
+    reading = TextTask(
+        name=task.name, type="text", data=task.data, prompt_field=task.prompt_field,
+        instruction_field=task.instruction_field,
+        reference_field=task.reference_field or task.prompt_field,
+    )  # fmt: skip
+    out = []
+    for path in task.files(folder):
+        for item in text.read_text_items(_records(path), reading, str(path)):
+            reference = item["reference"] if task.reference_field else ""
+            out.append(
+                Unit(
+                    task.name,
+                    "judge",
+                    item["id"],
+                    item["prompt"],
+                    reference,
+                    system=task.system,
+                    max_new_tokens=task.max_new_tokens,
+                    score=scorer(item["prompt"], reference),
                 )
             )
     return out[: task.limit] if task.limit else out
