@@ -394,6 +394,14 @@ def test_citation_scores_against_the_kb(tmp_path: Path) -> None:
     assert silent["cites"] == 0.0 and silent["honest"] == 1.0
     with pytest.raises(DomainLMError, match="no knowledge base at"):
         plan(load_suite(ROOT / "recipes/eval/law.yaml", [f"tasks.1.kb={tmp_path}"]))
+    # Retrieval: scored once, from the KB's own ranking, whatever the models.
+    retrieval = load_suite(ROOT / "recipes/eval/law.yaml", [f"tasks.1.kb={tmp_path / 'kb'}",
+                                                            f"tasks.2.kb={tmp_path / 'kb'}"])  # fmt: skip
+    first = next(u for u in plan(retrieval) if u.scorer == "retrieval")
+    assert not first.needs_model and "587" in first.reference
+    found, scores = first.score(first.prompt)
+    assert found.startswith("中华人民共和国民法典 586; 中华人民共和国民法典 587")  # 587 second
+    assert (scores["recall@1"], scores["recall@3"], scores["rr"]) == (0.0, 1.0, 0.5)
 
 
 def test_tools_and_tool_call_tasks_run_with_experts(local: Any, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from typing import Any
 
 from domainlm.eval.summary import SHARES
@@ -14,6 +15,7 @@ LABELS = {
     "rouge-l": "ROUGE-L",
     "honest": "honest citations %",
     "score": "judge score (0-100)",
+    "recall@5": "recall@5 %",
 }
 SHOWN_FLIPS = 20
 
@@ -71,7 +73,14 @@ def _table(part: dict[str, Any]) -> list[list[str]]:
                 str(entry["errors"]),
             ]
         )
+    if len(rows) == 2:  # one model: no differences, no flips
+        rows = [row[:3] + row[-1:] for row in rows]
     return rows
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    """recall@5 before recall@10."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 def _details(part: dict[str, Any]) -> list[list[list[str]]]:
@@ -86,7 +95,7 @@ def _details(part: dict[str, Any]) -> list[list[list[str]]]:
             values = [part["models"][m]["groups"].get(group) for m in models]
             rows.append([group] + [_number(v, part["metric"]) for v in values])
         tables.append(rows)
-    names = sorted({k for e in part["models"].values() for k in e["metrics"]})
+    names = sorted({k for e in part["models"].values() for k in e["metrics"]}, key=_natural)
     if len(names) > 1:
         share = part["metric"] in SHARES  # the other metrics are shares too
         rows = [["metric" + (" (%)" if share else ""), *models]]

@@ -18,6 +18,7 @@ from typing import Any
 from domainlm.errors import DomainLMError
 from domainlm.eval.models import Chat, Choice, Models
 from domainlm.eval.suite import Suite
+from domainlm.eval.summary import KB_MODEL
 from domainlm.eval.tasks import Unit, units
 from domainlm.io import atomic_write
 
@@ -80,8 +81,9 @@ def run_suite(
     rows = read_results(results_path)
     done = {(r["key"], r["model"]) for r in rows}
     _write_run(out, suite, models, names)
-    todo = [(u, m) for u in work for m in names if (u.key, m) not in done]
-    total, finished = len(work) * len(names), len(work) * len(names) - len(todo)
+    every = [(u, m) for u in work for m in (names if u.needs_model else [KB_MODEL])]
+    todo = [(u, m) for u, m in every if (u.key, m) not in done]
+    total, finished = len(every), len(every) - len(todo)
     if progress:
         progress(finished, total)
     with results_path.open("a", encoding="utf-8") as handle:
@@ -99,6 +101,11 @@ def run_suite(
 def _answers(models: Models, todo: list[tuple[Unit, str]]) -> Iterator[dict[str, Any]]:
     """A result row per (unit, model): log-likelihood units first (batched forward
     passes), then generated answers (through the engine, all models mixed)."""
+    for unit, model in todo:
+        if not unit.needs_model:
+            prediction, score = unit.score(unit.prompt)
+            yield _row(unit, model, prediction, score)
+    todo = [(u, m) for u, m in todo if u.needs_model]
     scored = [(u, m) for u, m in todo if u.scorer == "loglik"]
     assisted = [(u, m) for u, m in todo if u.toolsets]
     chats = [(u, m) for u, m in todo if u.scorer != "loglik" and not u.toolsets]

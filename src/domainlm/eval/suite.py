@@ -135,6 +135,17 @@ class CitationTask(_Task):
         return path
 
 
+class RetrievalTask(_Task):
+    """The knowledge base's retrieval on qrels ({query, relevant: [{law, article_no}]}):
+    recall@1/3/5/10 and reciprocal rank per query (the same for every model: run once)."""
+
+    type: Literal["retrieval"]
+    kb: str = Field(description="the knowledge base folder (domainlm kb build)")
+
+    def kb_folder(self, folder: Path) -> Path:
+        return CitationTask.kb_folder(self, folder)  # type: ignore[arg-type]
+
+
 class JudgeSettings(_Strict):
     url: str = Field(description="the judge's OpenAI-compatible /v1 URL")
     model: str = Field(description="the judge's model id")
@@ -160,7 +171,7 @@ class JudgeTask(_Task):
 
 
 Task = Annotated[
-    ExamTask | TextTask | ComputeTask | ToolCallTask | CitationTask | JudgeTask,
+    ExamTask | TextTask | ComputeTask | ToolCallTask | CitationTask | RetrievalTask | JudgeTask,
     Field(discriminator="type"),
 ]
 
@@ -205,7 +216,9 @@ def load_suite(path: Path, overrides: list[str] | None = None) -> Suite:
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
         elif error["type"] == "union_tag_invalid":
-            message = "unknown task type (exam, text, computation, toolcall, citations, judge)"
+            message = (
+                "unknown task type (exam, text, computation, toolcall, citations, retrieval, judge)"
+            )
         raise DomainLMError(f"{path}: {where}: {message}") from None
     suite.folder = path.resolve().parent
     return suite

@@ -15,13 +15,20 @@ import numpy as np
 
 RESAMPLES = 2000
 #: Main metrics that are 0/1 per item (shown as %, with flips).
-SHARES = ("correct", "honest")
+SHARES = ("correct", "honest", "recall@5")
+#: The `model` of rows no model answers (retrieval).
+KB_MODEL = "kb"
 
 
 def main_metric(scorer: str) -> str:
     """Right/wrong for exams, computation and tool calls; ROUGE-L for text; for citations
     the share of answers whose every checked citation is current."""
-    return {"text": "rouge-l", "citations": "honest", "judge": "score"}.get(scorer, "correct")
+    return {
+        "text": "rouge-l",
+        "citations": "honest",
+        "judge": "score",
+        "retrieval": "recall@5",
+    }.get(scorer, "correct")
 
 
 def summarise(
@@ -36,14 +43,15 @@ def summarise(
     difference to the reference is below zero with 95% confidence is marked `forgot`."""
     by_part: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        if row["model"] in models:
+        if row["model"] in models or row["model"] == KB_MODEL:
             by_part[(row["task"], row["scorer"])].append(row)
     order = {name: i for i, name in enumerate(tasks or [])}
     parts = []
     for (task, scorer), part in sorted(
         by_part.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])
     ):
-        summary = _part(task, scorer, part, models, np.random.default_rng(seed))
+        answered = models if part[0]["model"] != KB_MODEL else [KB_MODEL]
+        summary = _part(task, scorer, part, answered, np.random.default_rng(seed))
         if task in (regression or set()):
             summary["regression"] = True
             for entry in summary["models"].values():

@@ -21,6 +21,7 @@ from domainlm.eval.suite import (
     ComputeTask,
     ExamTask,
     JudgeTask,
+    RetrievalTask,
     TextTask,
     ToolCallTask,
 )
@@ -40,6 +41,7 @@ class Unit:
     tools: list[dict[str, Any]] | None = None  # OpenAI tool specs offered (tool-call tasks)
     toolsets: list[str] = field(default_factory=list)  # DomainLM toolsets run for the model
     history: list[dict[str, Any]] | None = None  # the whole prompt conversation, if given
+    needs_model: bool = True  # False: scored once, whatever the models (retrieval)
     # (the Reply, or loglik scores) -> (what the model answered, score dict); a score
     # dict with "correct" is a right/wrong item (flips are counted for those).
     score: Callable[[Any], tuple[str, dict[str, float]]] = field(repr=False, default=None)  # type: ignore[assignment]
@@ -69,6 +71,8 @@ def units(task: Any, folder: Path, seed: int) -> list[Unit]:
         return _citation_units(task, folder)
     if isinstance(task, JudgeTask):
         return _judge_units(task, folder)
+    if isinstance(task, RetrievalTask):
+        return _retrieval_units(task, folder)
     raise TypeError(f"unknown task {task!r}")  # the suite's types are all handled above
 
 
@@ -257,7 +261,7 @@ def _citation_units(task: CitationTask, folder: Path) -> list[Unit]:
             "cites": float(bool(checked)),
             "fabricated": float(any(c.verdict == NO_ARTICLE for c in checked)),
             "outdated": float(any(c.verdict not in (CURRENT, NO_ARTICLE) for c in checked)),
-            "unchecked": float(len(cited) - len(checked)),
+            "unchecked": float(len(cited) > len(checked)),  # a law the KB does not hold
         }
 
     reading = TextTask(
@@ -277,6 +281,47 @@ def _citation_units(task: CitationTask, folder: Path) -> list[Unit]:
                     system=task.system,
                     max_new_tokens=task.max_new_tokens,
                     score=score,
+                )
+            )
+    return out[: task.limit] if task.limit else out
+
+
+def _retrieval_units(task: RetrievalTask, folder: Path) -> list[Unit]:
+    from domainlm.kb.evaluate import KS, read_qrels
+
+    kb_folder = task.kb_folder(folder)
+    opened: list[Any] = []
+
+    def scorer(relevant: set[tuple[str, int]]) -> Callable[[Any], tuple[str, dict[str, float]]]:
+        def score(query: Any) -> tuple[str, dict[str, float]]:
+            from domainlm.kb.base import KnowledgeBase
+
+            if not opened:
+                opened.append(KnowledgeBase.open(kb_folder))
+            kb = opened[0]
+            wanted = {(kb.laws.resolve(law), number) for law, number in relevant}
+            found = [(c.law, c.article_num) for c in kb.search(query, max(KS))]
+            ranks = [i for i, hit in enumerate(found) if hit in wanted]
+            first = ranks[0] if ranks else None
+            scores = {f"recall@{k}": float(first is not None and first < k) for k in KS}
+            scores["rr"] = 1 / (first + 1) if first is not None else 0.0
+            return "; ".join(f"{law} {n}" for law, n in found[:3]), scores
+
+        return score
+
+    out = []
+    for path in task.files(folder):
+        for n, qrel in enumerate(read_qrels(path), 1):
+            relevant = "; ".join(f"{law} {number}" for law, number in sorted(qrel.relevant))
+            out.append(
+                Unit(
+                    task.name,
+                    "retrieval",
+                    f"{path.stem}/{n}",
+                    qrel.query,
+                    relevant,
+                    needs_model=False,
+                    score=scorer(qrel.relevant),
                 )
             )
     return out[: task.limit] if task.limit else out
