@@ -387,3 +387,31 @@ def test_manifest_trains_each_expert_once(
     code, out, err = cli("train", manifest)
     assert code == 0 and err.count("already trained") == 2
     assert (folders[0] / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_recipes_eval_suite_runs_on_base_and_expert_at_the_end(
+    tmp_path: Path, cli: Any
+) -> None:
+    """`eval.suite` in a recipe: the suite runs on the base and the new expert when training
+    ends; the report is in the expert folder and the comparison in its card."""
+    root = Path(__file__).resolve().parents[1]
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "name: check\ntasks:\n"
+        f"  - {{name: exam, type: exam, data: {root}/examples/eval/finance_val/*.csv,"
+        " scorers: [loglik]}\n"
+        f"  - {{name: calls, type: toolcall, data: {root}/examples/eval/tool_calls.jsonl,"
+        " limit: 2, max_new_tokens: 8}\n"
+    )
+    recipe = write_recipe(tmp_path, eval={"samples": 0, "suite": "suite.yaml"})
+    code, out, err = cli("train", recipe, "optim.max_steps=2")
+    assert code == 0, err
+    expert = tmp_path / "experts" / "law"
+    assert (expert / "eval" / "report.html").is_file()
+    rows = (expert / "eval" / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 2 * (7 + 2)  # base and expert: 7 single-answer questions, 2 calls
+    evaluation = read_card(expert).evaluation
+    assert evaluation["suite"] == "check" and evaluation["report"] == "eval/report.html"
+    exam = next(p for p in evaluation["parts"] if p["task"] == "exam")
+    assert exam["delta"] == pytest.approx(exam["expert"] - exam["base"])
+    assert len(exam["interval"]) == 2

@@ -95,6 +95,11 @@ class ExpertCard(BaseModel):
     metrics: dict[str, float | int | None] = Field(default_factory=dict)
     recipe: dict[str, Any] = Field(default_factory=dict)
     samples: list[dict[str, str]] = Field(default_factory=list)
+    evaluation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The recipe's eval suite on base and expert: per task, both scores and "
+        "the difference with its 95% interval (the report is in the folder's eval/).",
+    )
     runs: list[RunRecord] = Field(
         default_factory=list, description="Every run that trained the adapter, oldest first."
     )

@@ -34,6 +34,7 @@ from domainlm.models.tokenizer import TINY
 PATH_FIELDS = (
     ("datasets", "*", "path"),
     ("eval", "dev"),
+    ("eval", "suite"),
     ("output_dir",),
     ("from_expert",),
     ("base", "path"),
@@ -146,8 +147,13 @@ class EvalSpec(_Section):
     dev: Path | None = Field(None, description="Dev set (Conversation JSONL).")
     eval_steps: int = Field(100, gt=0, description="Evaluate every this many steps.")
     samples: int = Field(3, ge=0, description="Dev prompts answered by base and expert at the end.")
+    suite: Path | None = Field(
+        None,
+        description="An eval suite (recipes/eval/) run on the base and the new expert at the "
+        "end; the report goes into the expert folder (eval/) and the summary into its card.",
+    )
 
-    _normal_path = field_validator("dev")(_normal)
+    _normal_path = field_validator("dev", "suite")(_normal)
 
 
 class Recipe(_Section):

@@ -175,7 +175,12 @@ def run_record(run: Run, recipe: dict[str, Any], data: list[dict[str, Any]]) -> 
     )  # fmt: skip
 
 
-def expert_card(run: Run, chosen: int, samples: list[dict[str, str]]) -> ExpertCard:
+def expert_card(
+    run: Run,
+    chosen: int,
+    samples: list[dict[str, str]],
+    evaluation: dict[str, Any] | None = None,
+) -> ExpertCard:
     """The card of the expert `run` makes, its adapter from step `chosen`."""
     recipe, state = run.recipe, run.state
     now = data_refs(run.plan.datasets)
@@ -203,6 +208,7 @@ def expert_card(run: Run, chosen: int, samples: list[dict[str, str]]) -> ExpertC
         },
         recipe=recipe.model_dump(mode="json"),
         samples=samples,
+        evaluation=evaluation or {},
         runs=[RunRecord.model_validate(r) for r in runs],
         domainlm_version=__version__,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -46,12 +46,22 @@ def generate(pool: AdapterPool, requests: list[Request]) -> list[Completion]:
         engine.close()
 
 
+def expert_pool(run: Run, adapter: Path) -> AdapterPool:
+    """The base with the saved adapter (in the expert folder `adapter`) as the engine
+    serves them. The run's model is done training: its LoRA layers are taken out."""
+    peft_model = run.accelerator.unwrap_model(run.loss_model).model
+    model = peft_model.unload().eval()  # the base, without the training adapter
+    set_attention(model, run.inference_attention)
+    pool = AdapterPool(replace(run.base, model=model))
+    pool.add(adapter, name=run.recipe.name)
+    return pool
+
+
 def before_after(
-    run: Run, adapter: Path, console: Console, stop: Callable[[], bool] | None = None
+    run: Run, pool: AdapterPool, console: Console, stop: Callable[[], bool] | None = None
 ) -> list[dict[str, str]]:
-    """Answers of base and expert (the adapter in the expert folder `adapter`) to the first
-    `eval.samples` dev prompts, printed as a table. The run's model is done training: its
-    LoRA layers are taken out and the engine loads the saved adapter instead.
+    """Answers of base and expert (`expert_pool`) to the first `eval.samples` dev prompts,
+    printed as a table.
 
     Returns no rows when `stop` says so before the answers are generated.
     """
@@ -60,12 +70,7 @@ def before_after(
     if not prompts or (stop is not None and stop()):
         return []
     console.print(f"before/after samples: {len(prompts)} dev prompts …")
-    peft_model = run.accelerator.unwrap_model(run.loss_model).model
-    model = peft_model.unload().eval()  # the base, without the training adapter
-    set_attention(model, run.inference_attention)
-    pool = AdapterPool(replace(run.base, model=model))
     name = run.recipe.name
-    pool.add(adapter, name=name)
     sampling = Sampling(max_new_tokens=MAX_NEW_TOKENS)
     stops = run.chat_format.stop_strings
     ids = [run.chat_format.render_prompt(p) for p in prompts]
@@ -84,3 +89,36 @@ def before_after(
         table.add_row(row["prompt"], row["base"], row["expert"])
     console.print(table)
     return rows
+
+
+def suite_report(run: Run, pool: AdapterPool, console: Console) -> dict[str, Any]:
+    """The recipe's eval suite on base and expert, its report written to the work folder's
+    eval/ (kept when an interrupted end step is resumed: finished items are not re-run);
+    the summary for the card: per task, both scores and the difference."""
+    from domainlm.eval.evaluate import evaluate
+    from domainlm.eval.models import LocalModels
+    from domainlm.eval.suite import load_suite
+
+    assert run.recipe.eval.suite is not None
+    suite = load_suite(run.recipe.eval.suite)
+    name = run.recipe.name
+    console.print(f"eval suite {suite.name}: base and {name} …")
+    models = LocalModels(pool, run.chat_format)
+    try:
+        summary = evaluate(suite, models, ["base", name], run.work / "eval", resume=True)
+    finally:
+        models.close()
+    parts = []
+    for part in summary["parts"]:
+        entry = {"task": part["task"], "scorer": part["scorer"], "metric": part["metric"]}
+        for model, values in part["models"].items():
+            entry[model if model in ("base", "kb") else "expert"] = values["value"]
+            if values.get("delta"):
+                entry["delta"] = values["delta"]["value"]
+                entry["interval"] = values["delta"]["interval"]
+        parts.append(entry)
+        console.print(
+            f"  {part['task']} ({part['scorer']}): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in entry.items() if isinstance(v, float))
+        )
+    return {"suite": suite.name, "report": "eval/report.html", "parts": parts}

@@ -60,7 +60,7 @@ from domainlm.train.runs import (
     run_record,
 )
 from domainlm.train.runs import recipe_changes as changes_between
-from domainlm.train.samples import before_after
+from domainlm.train.samples import before_after, expert_pool, suite_report
 from domainlm.train.setup import (
     attach_lora,
     attention_for,
@@ -448,13 +448,19 @@ def _finish(run: Run, stop: StopFlag, console: Console) -> None:
         source = ckpt.step_dir(run.checkpoints, chosen)
         for name in ADAPTER_FILES:
             shutil.copyfile(source / name, run.work / name)
-    samples = []
-    if run.main and run.recipe.eval.samples and run.dev_conversations:
+    samples: list[dict[str, str]] = []
+    evaluation: dict[str, Any] = {}
+    wants_samples = bool(run.recipe.eval.samples and run.dev_conversations)
+    if run.main and (wants_samples or run.recipe.eval.suite):
         with tempfile.TemporaryDirectory(dir=run.work) as folder:
             for name in ADAPTER_FILES:
                 shutil.copyfile(run.work / name, Path(folder) / name)
             write_card(Path(folder), expert_card(run, chosen, []))
-            samples = before_after(run, Path(folder), console, stop=lambda: stop.requested)
+            pool = expert_pool(run, Path(folder))
+            if wants_samples:
+                samples = before_after(run, pool, console, stop=lambda: stop.requested)
+            if run.recipe.eval.suite and not stop.requested:
+                evaluation = suite_report(run, pool, console)
     if stop():  # every process takes part
         raise Interrupted(
             f"interrupted at the end of training (step {state.step}, saved in "
@@ -463,7 +469,7 @@ def _finish(run: Run, stop: StopFlag, console: Console) -> None:
     if run.main:
         metrics = read_metrics(run.work / METRICS_FILE)
         plot_loss(metrics, run.work / PLOT_FILE, f"{run.recipe.name} ({run.recipe.stage})")
-        write_card(run.work, expert_card(run, chosen, samples))
+        write_card(run.work, expert_card(run, chosen, samples, evaluation))
         replacing = run.expert.exists()
         try:
             ckpt.publish_folder(run.work, run.expert)
