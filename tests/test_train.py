@@ -404,7 +404,7 @@ def test_a_recipes_eval_suite_runs_on_base_and_expert_at_the_end(
         " limit: 2, max_new_tokens: 8}\n"
     )
     recipe = write_recipe(tmp_path, eval={"samples": 0, "suite": "suite.yaml"})
-    code, out, err = cli("train", recipe, "optim.max_steps=2")
+    code, _, err = cli("train", recipe, "optim.max_steps=2")
     assert code == 0, err
     expert = tmp_path / "experts" / "law"
     assert (expert / "eval" / "report.html").is_file()
