@@ -389,9 +389,7 @@ def test_manifest_trains_each_expert_once(
     assert (folders[0] / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
 
-def test_a_recipes_eval_suite_runs_on_base_and_expert_at_the_end(
-    tmp_path: Path, cli: Any
-) -> None:
+def test_a_recipes_eval_suite_runs_on_base_and_expert_at_the_end(tmp_path: Path, cli: Any) -> None:
     """`eval.suite` in a recipe: the suite runs on the base and the new expert when training
     ends; the report is in the expert folder and the comparison in its card."""
     root = Path(__file__).resolve().parents[1]
