@@ -282,10 +282,16 @@ def test_endpoint_mode_against_a_real_server_agrees_with_local(local: Any, tmp_p
     engine = LocalEngine(local.pool)
     runtime = Runtime(settings, local.pool, engine, local.format)
     runtime.raw = Assistant(local.pool, local.format, engine=engine)
+    # First the endpoint is down: every item records its error, the run goes on.
+    down = EndpointModels("http://127.0.0.1:9/v1", None, ["base", "law"], retries=0)
+    failed = run_suite(suite, down, ["base", "law"], tmp_path / "remote")
+    assert failed and all("Connection error" in r["error"] for r in failed)
     with serving(runtime) as (url, _):
         remote = EndpointModels(url + "/v1", None, ["base", "law"])
         remote.check()
-        there = run_suite(suite, remote, ["base", "law"], tmp_path / "remote")
+        # Resumed once it is up: the failed items are tried again and answered.
+        there = run_suite(suite, remote, ["base", "law"], tmp_path / "remote", resume=True)
+    assert len(there) == len(failed) == len(here)
     assert not [r["error"] for r in there + here if "error" in r]
     answer = {(r["key"], r["model"]): r.get("reply", r["prediction"]) for r in here}
     assert {(r["key"], r["model"]): r.get("reply", r["prediction"]) for r in there} == answer

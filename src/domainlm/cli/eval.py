@@ -33,6 +33,13 @@ def eval_command(
     experts: Annotated[
         Path | None, typer.Option("--experts", help="Folder of expert directories to load.")
     ] = None,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype",
+            help="Local weights: auto (bf16 where fast, else fp32), float32 or bfloat16.",
+        ),
+    ] = "auto",
     endpoint: Annotated[
         str | None,
         typer.Option("--endpoint", help="An OpenAI-compatible /v1 URL instead of local models."),
@@ -71,7 +78,9 @@ def eval_command(
         backend.check()
     else:
         err.print(f"loading {model} …", markup=False, highlight=False)
-        backend = local_models(model, experts)
+        if dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise DomainLMError(f"--dtype {dtype}: choose auto, float32, bfloat16 or float16")
+        backend = local_models(model, experts, dtype=dtype)
     bar = Progress(
         "{task.description}",
         BarColumn(),

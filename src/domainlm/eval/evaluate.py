@@ -39,16 +39,21 @@ def evaluate(
     return summary
 
 
-def local_models(model: str, experts: Path | None, chat_format: str = "auto") -> Any:
-    """The base `model` and every expert under `experts`, on this machine."""
+def local_models(
+    model: str, experts: Path | None, chat_format: str = "auto", dtype: str = "auto"
+) -> Any:
+    """The base `model` and every expert under `experts`, on this machine, in `dtype`
+    (auto: bf16 where the GPU or CPU computes it fast, else fp32)."""
+    import torch
+
     from domainlm.chat.formats import get_format
     from domainlm.engine.adapters import AdapterPool
     from domainlm.engine.setup import device_dtype
     from domainlm.eval.models import LocalModels
     from domainlm.models.base import load_base
 
-    device, dtype = device_dtype()
-    base = load_base(model, dtype=dtype)
+    device, fast = device_dtype()
+    base = load_base(model, dtype=fast if dtype == "auto" else getattr(torch, dtype))
     if device == "cuda":
         base.model.to(device)
     base.model.eval()

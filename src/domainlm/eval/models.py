@@ -195,12 +195,20 @@ class LocalModels:
 class EndpointModels:
     """Models behind an OpenAI-compatible endpoint (`domainlm serve`, vLLM, a hosted API)."""
 
-    def __init__(self, url: str, api_key: str | None, names: list[str], concurrency: int = 8):
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        names: list[str],
+        concurrency: int = 8,
+        retries: int = 3,
+    ):
         import openai
 
         self.url = url
+        # The openai client retries 429, 5xx and dropped connections with backoff.
         self.client = openai.OpenAI(
-            base_url=url, api_key=api_key or "none", max_retries=3, timeout=120
+            base_url=url, api_key=api_key or "none", max_retries=retries, timeout=120
         )
         self.names = names
         self.concurrency = concurrency

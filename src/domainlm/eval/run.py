@@ -4,7 +4,8 @@ they come, then the summary and the reports.
 Output folder: `results.jsonl` (one line per unit and model: prompt, prediction, scores,
 or the item's error), `run.json` (suite, models, backend), `summary.json`, `report.md`,
 `report.html`. A run stopped by Ctrl-C keeps every finished line; `resume=True` skips the
-units already there (a line cut off by the stop is dropped).
+units already answered (a line cut off by the stop is dropped; items that failed — an
+endpoint that was down — are tried again, and their last answer counts).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run_suite(
         )
     out.mkdir(parents=True, exist_ok=True)
     rows = read_results(results_path)
-    done = {(r["key"], r["model"]) for r in rows}
+    done = {(r["key"], r["model"]) for r in rows if "error" not in r}  # errors are retried
     _write_run(out, suite, models, names)
     every = [(u, m) for u in work for m in (names if u.needs_model else [KB_MODEL])]
     todo = [(u, m) for u, m in every if (u.key, m) not in done]
@@ -95,7 +96,8 @@ def run_suite(
             if progress:
                 progress(finished, total)
         os.fsync(handle.fileno())
-    return rows
+    latest = {(r["key"], r["model"]): r for r in rows}  # a retried item's last answer
+    return list(latest.values())
 
 
 def _answers(models: Models, todo: list[tuple[Unit, str]]) -> Iterator[dict[str, Any]]:
