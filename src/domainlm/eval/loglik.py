@@ -62,16 +62,38 @@ def score_choices(pool: Any, jobs: list[Any], batch_rows: int = 16) -> list[list
     tokenizer = pool.base.tokenizer
     rows = [row for index, job in enumerate(jobs) for row in _rows(tokenizer, index, job)]
     scores = [[0.0] * len(job.continuations) for job in jobs]
-    rows.sort(key=lambda r: (r.model, -len(r.tokens)))
-    batch: list[_Row] = []
-    for row in rows:
-        if batch and (len(batch) == batch_rows or row.model != batch[0].model):
-            _score_batch(pool, batch, scores)
-            batch = []
-        batch.append(row)
-    if batch:
+    for batch in _batches(rows, batch_rows):
         _score_batch(pool, batch, scores)
     return scores
+
+
+def _batches(rows: list[_Row], size: int) -> list[list[_Row]]:
+    """Batches of one model's rows: rows sharing a prefix of `MIN_PREFIX` tokens or more
+    (a few-shot header) together, so the prefix runs once per batch; the rest by length,
+    so little of a batch is padding."""
+    batches: list[list[_Row]] = []
+    for model in sorted({r.model for r in rows}):
+        mine = sorted((r for r in rows if r.model == model), key=lambda r: r.tokens)
+        groups: list[list[_Row]] = []
+        for row in mine:
+            if groups and _shared(groups[-1][0].tokens, row.tokens) >= MIN_PREFIX:
+                groups[-1].append(row)
+            else:
+                groups.append([row])
+        alone = sorted((g[0] for g in groups if len(g) == 1), key=lambda r: -len(r.tokens))
+        for group in [g for g in groups if len(g) > 1] + ([alone] if alone else []):
+            group.sort(key=lambda r: -len(r.tokens))
+            batches += [group[i : i + size] for i in range(0, len(group), size)]
+    return batches
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    size = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        size += 1
+    return size
 
 
 def _common_prefix(rows: list[_Row]) -> int:
@@ -115,10 +137,40 @@ def _score_batch(pool: Any, batch: list[_Row], scores: list[list[float]]) -> Non
             cache = model(input_ids=head, use_cache=True, **one).past_key_values
             cache.batch_repeat_interleave(len(batch))
             kwargs["past_key_values"] = cache
-        logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits  # (rows, width, vocab)
+        where = [
+            (i, start - prefix + k, token, row.job, option)
+            for i, row in enumerate(batch)
+            for option, start, tokens in row.targets
+            for k, token in enumerate(tokens)
+        ]
+        rows_at = torch.tensor([w[0] for w in where], device=device)
+        cols_at = torch.tensor([w[1] for w in where], device=device)
+        if "adapter_names" in kwargs:  # peft's own per-row adapters: its whole forward
+            logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits[rows_at, cols_at]
+        else:
+            # The output layer only where a target token is read: (targets, vocab), not
+            # (rows, width, vocab) at every position (3 GB in fp32 for 16 rows of 1,000
+            # tokens and a 49k vocabulary).
+            body = _body(model)(input_ids=ids, attention_mask=mask, **kwargs)
+            logits = _head(model)(body.last_hidden_state[rows_at, cols_at])
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    for i, row in enumerate(batch):
-        for option, start, tokens in row.targets:
-            positions = torch.arange(start - prefix, start - prefix + len(tokens), device=device)
-            picked = logprobs[i, positions, torch.tensor(tokens, device=device)]
-            scores[row.job][option] = float(picked.sum())
+    picked = logprobs[
+        torch.arange(len(where), device=device), torch.tensor([w[2] for w in where], device=device)
+    ]
+    for (_, _, _, job, option), value in zip(where, picked.tolist(), strict=True):
+        scores[job][option] += value
+
+
+def _causal_lm(model: Any) -> Any:
+    """The transformers model under a peft wrapper (its LoRA layers and hooks stay on)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _body(model: Any) -> Any:
+    """The decoder without its output layer."""
+    causal = _causal_lm(model)
+    return getattr(causal, causal.base_model_prefix)
+
+
+def _head(model: Any) -> Any:
+    return _causal_lm(model).get_output_embeddings()
