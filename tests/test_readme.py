@@ -30,6 +30,8 @@ NOT_HERE = {
     "make demo": "installs packages; the demo itself runs in test_project",
     "domainlm serve": "runs until stopped: test_serve serves the same app on 127.0.0.1",
     "curl ": "needs that server: test_serve sends the same requests with the openai client",
+    "domainlm eval": "names your experts folder, make demo's KB or a running server: test_eval "
+    "runs the shipped suites on the tiny model with an expert, locally and through a server",
 }
 #: Commands the `slow` tier runs: they load (or train) the default model.
 SLOW = (
