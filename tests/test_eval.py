@@ -248,7 +248,7 @@ def test_every_shipped_suite_loads(tmp_path: Path) -> None:
     """Every suite in recipes/eval/ starts with its command and plans on a fresh checkout
     (a citations task pointed at a test KB: the demo's is not built there)."""
     from domainlm.eval.run import plan
-    from domainlm.eval.suite import CitationTask
+    from domainlm.eval.suite import CitationTask, RetrievalTask
     from domainlm.kb.base import build
     from tests.test_kb import make_law_db
 
@@ -259,7 +259,11 @@ def test_every_shipped_suite_loads(tmp_path: Path) -> None:
     for path in suites:
         assert path.read_text().startswith("# domainlm eval ")
         tasks = load_suite(path).tasks
-        kbs = [f"tasks.{i}.kb={kb}" for i, t in enumerate(tasks) if isinstance(t, CitationTask)]
+        kbs = [
+            f"tasks.{i}.kb={kb}"
+            for i, t in enumerate(tasks)
+            if isinstance(t, CitationTask | RetrievalTask)
+        ]
         assert plan(load_suite(path, kbs))
 
 
@@ -390,7 +394,8 @@ def test_citation_scores_against_the_kb(tmp_path: Path) -> None:
     from tests.test_kb import make_law_db
 
     build(tmp_path / "kb", [str(make_law_db(tmp_path / "laws.db"))], workers=1)
-    suite = load_suite(ROOT / "recipes/eval/law.yaml", [f"tasks.1.kb={tmp_path / 'kb'}"])
+    kbs = [f"tasks.1.kb={tmp_path / 'kb'}", f"tasks.2.kb={tmp_path / 'kb'}"]
+    suite = load_suite(ROOT / "recipes/eval/law.yaml", kbs)
     unit = next(u for u in plan(suite) if u.scorer == "citations")
     _, honest = unit.score(Reply("依据《民法典》第五百八十六条，定金不得超过百分之二十。"))
     assert honest["honest"] == 1.0 and honest["cites"] == 1.0
@@ -399,7 +404,7 @@ def test_citation_scores_against_the_kb(tmp_path: Path) -> None:
     _, silent = unit.score(Reply("可以起诉。"))
     assert silent["cites"] == 0.0 and silent["honest"] == 1.0
     with pytest.raises(DomainLMError, match="no knowledge base at"):
-        plan(load_suite(ROOT / "recipes/eval/law.yaml", [f"tasks.1.kb={tmp_path}"]))
+        plan(load_suite(ROOT / "recipes/eval/law.yaml", [f"tasks.1.kb={tmp_path}", kbs[1]]))
     # Retrieval: scored once, from the KB's own ranking, whatever the models.
     retrieval = load_suite(ROOT / "recipes/eval/law.yaml", [f"tasks.1.kb={tmp_path / 'kb'}",
                                                             f"tasks.2.kb={tmp_path / 'kb'}"])  # fmt: skip
