@@ -29,7 +29,9 @@ class _Strict(BaseModel):
 class _Task(_Strict):
     name: str = Field(description="the task's name in results and reports")
     data: str = Field(description="data file(s), a glob allowed; relative to the suite file")
-    limit: int | None = Field(None, ge=1, description="score only the first N items")
+    limit: int | None = Field(
+        None, ge=1, description="score only N items (exams: a seeded sample across subjects)"
+    )
     max_new_tokens: int = Field(256, ge=1, le=8192, description="reply length limit")
     system: str | None = Field(None, description="system prompt for generated answers")
     regression: bool = Field(
