@@ -116,12 +116,18 @@ def _markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _intro(summary: dict[str, Any]) -> str:
+    models = summary["models"]
+    if len(models) == 1:
+        return f"Model: {models[0]}. Intervals are bootstrap 95% intervals of the mean."
+    return (
+        f"Models: {', '.join(models)}. Δ is against {summary['reference']} on the items "
+        "both answered, with a paired bootstrap 95% interval."
+    )
+
+
 def markdown(summary: dict[str, Any], title: str) -> str:
-    out = [
-        f"# {title}\n",
-        f"Models: {', '.join(summary['models'])}; Δ is against "
-        f"`{summary['reference']}` on the items both answered (paired bootstrap).\n",
-    ]
+    out = [f"# {title}\n", _intro(summary) + "\n"]
     for part in summary["parts"]:
         out.append(f"\n## {part['task']} ({part['scorer']})\n\n")
         out.append(_markdown_table(_table(part)))
@@ -153,9 +159,13 @@ def _chart(part: dict[str, Any]) -> str:
         values.append(value)
         low.append(value - interval[0] * scale)
         high.append(interval[1] * scale - value)
-    figure, axis = plt.subplots(figsize=(1.2 + 0.9 * len(models), 2.6))
+    figure, axis = plt.subplots(figsize=(max(3.4, 1.2 + 0.9 * len(models)), 2.6))
     axis.bar(models, values, yerr=[low, high], capsize=4, color="#4c78a8")
     axis.set_ylabel(LABELS.get(metric, metric))
+    # Every metric is 0 or more; shares and judge scores run to 100 (a 0% bar is a bar
+    # at the bottom of a 0-100 axis, not a dash on an axis around zero).
+    top = 100.0 if metric in SHARES or metric == "score" else max(1.0, max(values) * 1.25)
+    axis.set_ylim(0, max(top, max(v + h for v, h in zip(values, high, strict=True))))
     axis.set_title(f"{part['task']} ({part['scorer']})", fontsize=10)
     axis.spines[["top", "right"]].set_visible(False)
     figure.tight_layout()
@@ -201,10 +211,7 @@ def html_report(summary: dict[str, Any], title: str) -> str:
             f"<section><h2>{html.escape(part['task'])} ({html.escape(part['scorer'])})</h2>"
             f"{_chart(part)}{''.join(tables)}{''.join(flips)}</section>"
         )
-    intro = (
-        f"Models: {', '.join(summary['models'])}. Δ is against {summary['reference']} on "
-        "the items both answered, with a paired bootstrap 95% interval."
-    )
+    intro = _intro(summary)
     return (
         f"<!doctype html><html lang=zh><head><meta charset=utf-8><title>{html.escape(title)}"
         f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
