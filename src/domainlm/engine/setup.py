@@ -43,6 +43,28 @@ def make_toolset(names: list[str]) -> Any:
     return Toolset(tools) if tools else None
 
 
+def load_pool(
+    model: str,
+    experts: list[Path],
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> AdapterPool:
+    """The base `model` (on the GPU when there is one, in `dtype` or the fast one of
+    `device_dtype`) with every expert under each of `experts` loaded; why other folders
+    there were passed over is in `pool.skipped`."""
+    device, fast = device_dtype()
+    base = load_base(model, dtype=dtype or fast, trust_remote_code=trust_remote_code)
+    if device == "cuda":
+        base.model.to(device)
+    base.model.eval()
+    if base.tokenizer.pad_token_id is None:
+        base.tokenizer.pad_token = base.tokenizer.eos_token
+    pool = AdapterPool(base, roots=list(experts) or None)
+    for folder in experts:
+        pool.scan(folder)  # folders that are not experts: reasons in pool.skipped
+    return pool
+
+
 def build_assistant(
     model: str = "default",
     experts: Path | None = None,
@@ -60,16 +82,8 @@ def build_assistant(
         DomainLMError: for a missing model, KB or experts folder, or an `experts` that is
             an expert folder but does not load.
     """
-    device, dtype = device_dtype()
-    base = load_base(model, dtype=dtype, trust_remote_code=trust_remote_code)
-    if device == "cuda":
-        base.model.to(device)
-    base.model.eval()
-    if base.tokenizer.pad_token_id is None:
-        base.tokenizer.pad_token = base.tokenizer.eos_token
-    pool = AdapterPool(base, roots=[experts] if experts else None)
-    if experts is not None:
-        pool.scan(experts)  # folders that are not experts: reasons in pool.skipped
+    pool = load_pool(model, [experts] if experts else [], trust_remote_code=trust_remote_code)
+    base = pool.base
     knowledge = None
     if kb is not None:
         from domainlm.kb.base import KnowledgeBase

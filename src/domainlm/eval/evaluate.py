@@ -47,19 +47,9 @@ def local_models(
     import torch
 
     from domainlm.chat.formats import get_format
-    from domainlm.engine.adapters import AdapterPool
-    from domainlm.engine.setup import device_dtype
+    from domainlm.engine.setup import load_pool
     from domainlm.eval.models import LocalModels
-    from domainlm.models.base import load_base
 
-    device, fast = device_dtype()
-    base = load_base(model, dtype=fast if dtype == "auto" else getattr(torch, dtype))
-    if device == "cuda":
-        base.model.to(device)
-    base.model.eval()
-    if base.tokenizer.pad_token_id is None:
-        base.tokenizer.pad_token = base.tokenizer.eos_token
-    pool = AdapterPool(base, roots=[experts] if experts else None)
-    if experts is not None:
-        pool.scan(experts)
-    return LocalModels(pool, get_format(chat_format, base.tokenizer))
+    weights = None if dtype == "auto" else getattr(torch, dtype)
+    pool = load_pool(model, [experts] if experts else [], dtype=weights)
+    return LocalModels(pool, get_format(chat_format, pool.base.tokenizer))

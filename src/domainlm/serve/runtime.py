@@ -50,22 +50,15 @@ def build_runtime(settings: ServeSettings) -> Runtime:
             or toolset that is not there, an upstream server that cannot be reached.
     """
     from domainlm.chat.formats import get_format
-    from domainlm.engine.setup import device_dtype, make_toolset
-    from domainlm.models.base import load_base
+    from domainlm.engine.setup import load_pool, make_toolset
 
-    device, dtype = device_dtype()
-    base = load_base(settings.model, dtype=dtype, trust_remote_code=settings.trust_remote_code)
-    if device == "cuda":
-        base.model.to(device)
-    base.model.eval()
-    if base.tokenizer.pad_token_id is None:
-        base.tokenizer.pad_token = base.tokenizer.eos_token
     for folder in settings.experts:
         if not folder.is_dir():
             raise DomainLMError(f"experts folder {folder} does not exist")
-    pool = AdapterPool(base, roots=list(settings.experts))
-    for folder in settings.experts:
-        pool.scan(folder)
+    pool = load_pool(
+        settings.model, list(settings.experts), trust_remote_code=settings.trust_remote_code
+    )
+    base = pool.base
     engine = _engine(settings, pool)
     chat_format = get_format(settings.chat_format, base.tokenizer)
     kb = None
