@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DomainLMError(Exception):
     """A problem with the user's input or setup, reported without a traceback."""
@@ -21,3 +23,15 @@ class SourceError(DomainLMError):
 
 class ToolCallParseError(DomainLMError):
     """Model text that looks like a tool call but cannot be read as one."""
+
+
+def first_error(exc: Any, messages: dict[str, str] | None = None) -> str:
+    """`where: what` of a pydantic ValidationError's first error, for a one-line message:
+    the key's dotted path, "unknown setting" for a key the model forbids, and `messages`
+    in place of pydantic's text for other error types."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    overrides = {"extra_forbidden": "unknown setting", **(messages or {})}
+    message = overrides.get(error["type"], message)
+    return f"{where}: {message}" if where else message

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from domainlm.errors import DomainLMError
+from domainlm.errors import DomainLMError, first_error
 from domainlm.io import read_yaml
 from domainlm.train.recipe import apply_override
 
@@ -212,15 +212,8 @@ def load_suite(path: Path, overrides: list[str] | None = None) -> Suite:
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown setting"
-        elif error["type"] == "union_tag_invalid":
-            message = (
-                "unknown task type (exam, text, computation, toolcall, citations, retrieval, judge)"
-            )
-        raise DomainLMError(f"{path}: {where}: {message}") from None
+        types = "exam, text, computation, toolcall, citations, retrieval, judge"
+        message = first_error(exc, {"union_tag_invalid": f"unknown task type ({types})"})
+        raise DomainLMError(f"{path}: {message}") from None
     suite.folder = path.resolve().parent
     return suite

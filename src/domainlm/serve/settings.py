@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from domainlm.errors import DomainLMError
+from domainlm.errors import DomainLMError, first_error
 from domainlm.io import read_yaml
 from domainlm.train.recipe import apply_override
 
@@ -162,7 +162,7 @@ def read_keys(path: Path) -> list[Key]:
     try:
         return [Key.model_validate(item) for item in raw]
     except ValidationError as exc:
-        raise DomainLMError(f"keys file {path}: {_first_error(exc)}") from None
+        raise DomainLMError(f"keys file {path}: {first_error(exc)}") from None
 
 
 def load_settings(path: Path | None, overrides: list[str] | None = None) -> ServeSettings:
@@ -185,7 +185,7 @@ def load_settings(path: Path | None, overrides: list[str] | None = None) -> Serv
     try:
         settings = ServeSettings.model_validate(data)
     except ValidationError as exc:
-        raise DomainLMError(f"{path or 'settings'}: {_first_error(exc)}") from None
+        raise DomainLMError(f"{path or 'settings'}: {first_error(exc)}") from None
     # Paths in the file are relative to the file.
     settings.experts = [p if p.is_absolute() else base / p for p in settings.experts]
     if settings.kb is not None and not settings.kb.is_absolute():
@@ -195,12 +195,3 @@ def load_settings(path: Path | None, overrides: list[str] | None = None) -> Serv
     if settings.kill_switch.file is not None and not settings.kill_switch.file.is_absolute():
         settings.kill_switch.file = base / settings.kill_switch.file
     return settings
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown setting"
-    return f"{where}: {message}" if where else message
