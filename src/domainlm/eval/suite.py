@@ -116,18 +116,13 @@ class ToolCallTask(_Task):
     max_new_tokens: int = Field(128, ge=1, le=8192, description="reply length limit")
 
 
-class CitationTask(_Task):
-    """Answers checked against the statute KB: the share whose every citation is an
-    article that exists and is in force (Lawyer LLaMA's fabricated-citation rate)."""
+class _KbTask(_Task):
+    """A task over a knowledge base."""
 
-    type: Literal["citations"]
-    kb: str = Field(description="the statute knowledge base folder (domainlm kb build)")
-    prompt_field: str = Field("question", description="the field holding the question")
-    instruction_field: str | None = Field(
-        "instruction", description="a field put before the question, when present"
-    )
+    kb: str = Field(description="the knowledge base folder (domainlm kb build)")
 
     def kb_folder(self, folder: Path) -> Path:
+        """The KB's folder, or a one-line error saying how to build one."""
         path = Path(self.kb) if Path(self.kb).is_absolute() else folder / self.kb
         if not (path / "kb.json").is_file():
             raise DomainLMError(
@@ -137,15 +132,22 @@ class CitationTask(_Task):
         return path
 
 
-class RetrievalTask(_Task):
+class CitationTask(_KbTask):
+    """Answers checked against the statute KB: the share whose every citation is an
+    article that exists and is in force (Lawyer LLaMA's fabricated-citation rate)."""
+
+    type: Literal["citations"]
+    prompt_field: str = Field("question", description="the field holding the question")
+    instruction_field: str | None = Field(
+        "instruction", description="a field put before the question, when present"
+    )
+
+
+class RetrievalTask(_KbTask):
     """The knowledge base's retrieval on qrels ({query, relevant: [{law, article_no}]}):
     recall@1/3/5/10 and reciprocal rank per query (the same for every model: run once)."""
 
     type: Literal["retrieval"]
-    kb: str = Field(description="the knowledge base folder (domainlm kb build)")
-
-    def kb_folder(self, folder: Path) -> Path:
-        return CitationTask.kb_folder(self, folder)  # type: ignore[arg-type]
 
 
 class JudgeSettings(_Strict):

@@ -60,20 +60,8 @@ class Unit:
 def units(task: Any, folder: Path, seed: int) -> list[Unit]:
     """The units of one task."""
     if isinstance(task, ExamTask):
-        return _exam_units(task, folder, seed)
-    if isinstance(task, TextTask):
-        return _text_units(task, folder)
-    if isinstance(task, ComputeTask):
-        return _compute_units(task, folder)
-    if isinstance(task, ToolCallTask):
-        return _toolcall_units(task, folder)
-    if isinstance(task, CitationTask):
-        return _citation_units(task, folder)
-    if isinstance(task, JudgeTask):
-        return _judge_units(task, folder)
-    if isinstance(task, RetrievalTask):
-        return _retrieval_units(task, folder)
-    raise TypeError(f"unknown task {task!r}")  # the suite's types are all handled above
+        return _exam_units(task, folder, seed)  # the only one that samples
+    return BUILDERS[type(task)](task, folder)
 
 
 def _exam_units(task: ExamTask, folder: Path, seed: int) -> list[Unit]:
@@ -378,6 +366,17 @@ def _call_scorer(gold: dict[str, Any]) -> Callable[[Any], tuple[str, dict[str, f
         return toolcalls.score_call(reply.calls, gold)
 
     return score
+
+
+#: The units of each task type but exams, from its data files.
+BUILDERS: dict[type, Callable[[Any, Path], list[Unit]]] = {
+    TextTask: _text_units,
+    ComputeTask: _compute_units,
+    ToolCallTask: _toolcall_units,
+    CitationTask: _citation_units,
+    RetrievalTask: _retrieval_units,
+    JudgeTask: _judge_units,
+}
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
