@@ -73,21 +73,18 @@ def close(a: Stated, b: Stated, tolerance: float) -> bool:
 
 
 def formula_value(formula: str) -> float:
-    """The value of a reference formula (ValueError when it is not arithmetic)."""
-    return float(
-        calculator.evaluate(formula.translate(_FULLWIDTH).replace("×", "*").replace("÷", "/"))
-    )
+    """The value of a reference formula (ValueError when it is not arithmetic); the
+    calculator reads ×, ÷, ^ and full-width brackets itself."""
+    return float(calculator.evaluate(formula.translate(_FULLWIDTH)))
 
 
 def writes_formula(text: str, value: float, tolerance: float) -> bool:
     """Whether an arithmetic expression written in `text` comes to `value`."""
     text = text.translate(_FULLWIDTH)
     for match in _EXPRESSION.finditer(text):
-        expression = match.group(0).replace("×", "*").replace("÷", "/").replace("^", "**")
-        expression = expression.replace("（", "(").replace("）", ")")
         try:
-            result = float(calculator.evaluate(expression))
-        except (ValueError, ZeroDivisionError, OverflowError, TypeError, ArithmeticError):
+            result = float(calculator.evaluate(match.group(0)))
+        except (ValueError, ArithmeticError):  # CalculatorError is a ValueError
             continue
         if close(Stated(result), Stated(value), tolerance):
             return True

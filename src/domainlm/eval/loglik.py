@@ -97,12 +97,10 @@ def _shared(a: list[int], b: list[int]) -> int:
 
 
 def _common_prefix(rows: list[_Row]) -> int:
+    """The tokens every row starts with, leaving at least one of each row to run after."""
     shortest = min(len(r.tokens) for r in rows)
-    first = rows[0].tokens
-    size = 0
-    while size < shortest - 1 and all(r.tokens[size] == first[size] for r in rows):
-        size += 1
-    return size  # at least one token of each row is left to run after the prefix
+    shared = min(_shared(rows[0].tokens, r.tokens) for r in rows)
+    return min(shared, shortest - 1)
 
 
 @torch.no_grad()
