@@ -168,19 +168,19 @@ class LocalModels:
         from domainlm.engine.generation import Sampling
         from domainlm.engine.setup import make_toolset
 
-        toolset = make_toolset(toolsets)
+        # One Assistant for every job (as a server shares one between requests): what
+        # differs per job is in its Session.
+        assistant = Assistant(
+            self.pool, self.format, toolset=make_toolset(toolsets), engine=self.engine
+        )
 
         def one(index: int) -> tuple[int, Reply | Exception]:
             job = jobs[index]
             system = next((m["content"] for m in job.messages if m["role"] == "system"), None)
-            question = job.messages[-1]["content"]
-            assistant = Assistant(
-                self.pool, self.format, toolset=toolset, engine=self.engine,
-                sampling=Sampling(max_new_tokens=job.max_new_tokens),
-            )  # fmt: skip
+            session = Session(system=system, sampling=Sampling(max_new_tokens=job.max_new_tokens))
             try:
                 reply = assistant.reply(
-                    Session(system=system), question,
+                    session, job.messages[-1]["content"],
                     expert=None if job.model == BASE_NAME else job.model, use_kb=False,
                 )  # fmt: skip
             except DomainLMError as exc:
