@@ -803,7 +803,6 @@ class _Reply:
         splitter = CallSplitter(self.tools) if self.tools and not self.prefix else None
         streamer = CallStreamer(self.tools) if self.tools else None
         written = self.prefix  # a forced call: the reply so far, prefix included
-        ids: list[str] = []
         if not self.text:
             yield self._chunk({"role": "assistant", "content": ""})
         tokens = 0
@@ -812,16 +811,16 @@ class _Reply:
                 if streamer is None:
                     yield self._chunk({"content": piece})
                     continue
-                held = written = written + piece
                 if splitter is not None:
                     out = splitter.feed(piece)
                     if out:
                         yield self._chunk({"content": out})
                     held = splitter.held if splitter.holding else ""
+                else:
+                    held = written = written + piece
                 for index, arguments in streamer.feed(held) if held else []:
-                    if index == len(ids):
-                        ids.append(f"call_{uuid.uuid4().hex[:12]}")
-                    yield self._call_delta(index, ids[index], streamer, arguments)
+                    call = streamer.calls[index]
+                    yield self._call_delta(index, call.id, call.name, arguments)
             completion = self.stream.result()
             tokens = completion.tokens
         except (APIError, DomainLMError) as exc:
@@ -843,14 +842,11 @@ class _Reply:
                 if rest.strip() and not streamed:
                     yield self._chunk({"content": rest})
             _check_streamed(streamed, calls)
-            for index, call in enumerate(calls[len(streamed) :], len(streamed)):
-                head = {"index": index, "id": call.id, "type": "function",
-                        "function": {"name": call.name, "arguments": ""}}  # fmt: skip
-                yield self._chunk({"tool_calls": [head]})
-                arguments = json.dumps(call.arguments, ensure_ascii=False)
-                yield self._chunk(
-                    {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}
-                )
+            for index, whole in enumerate(calls[len(streamed) :], len(streamed)):
+                assert whole.id is not None  # `_message` gave every call one
+                arguments = json.dumps(whole.arguments, ensure_ascii=False)
+                for piece in ("", arguments):  # the head, then the arguments at once
+                    yield self._call_delta(index, whole.id, whole.name, piece)
         self._record("ok", tokens)
         if streamed and not streamed[-1].complete:
             reason = "length"  # the arguments were cut off: what was sent is all there is
@@ -860,15 +856,15 @@ class _Reply:
         if include_usage:
             yield {**self._chunk({}), "choices": [], "usage": self._usage(tokens)}
 
-    def _call_delta(
-        self, index: int, call_id: str, streamer: CallStreamer, arguments: str
-    ) -> dict[str, Any]:
+    def _call_delta(self, index: int, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+        """A call's first delta (id and name) when `arguments` is "", else a piece of its
+        arguments."""
         if arguments:
             return self._chunk(
                 {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}
             )
         head = {"index": index, "id": call_id, "type": "function",
-                "function": {"name": streamer.calls[index].name, "arguments": ""}}  # fmt: skip
+                "function": {"name": name, "arguments": ""}}  # fmt: skip
         return self._chunk({"tool_calls": [head]})
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 #: Markers that begin a call anywhere in a reply.
 MARKERS = ("<tool_call>", "<|assistant|>")
@@ -92,6 +93,7 @@ _JSON_TAIL = re.compile(r"\s*\}\s*(?:</tool_call>)?")
 class StreamedCall:
     name: str
     arguments: str = ""  # the JSON text sent so far
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
     complete: bool = False  # the arguments' closing brace was written
 
 
