@@ -120,7 +120,8 @@ def _text_units(task: TextTask, folder: Path) -> list[Unit]:
     out = []
     files = task.files(folder)
     for path in files:
-        for item in text.read_text_items(_records(path), task, str(path)):
+        fields = (task.prompt_field, task.instruction_field, task.reference_field)
+        for item in text.read_text_items(_records(path), str(path), *fields):
             if len(files) > 1:
                 item["id"] = f"{path.stem}/{item['id']}"
 
@@ -252,13 +253,10 @@ def _citation_units(task: CitationTask, folder: Path) -> list[Unit]:
             "unchecked": float(len(cited) > len(checked)),  # a law the KB does not hold
         }
 
-    reading = TextTask(
-        name=task.name, type="text", data=task.data, prompt_field=task.prompt_field,
-        instruction_field=task.instruction_field, reference_field=task.prompt_field,
-    )  # fmt: skip
+    fields = (task.prompt_field, task.instruction_field, None)
     out = []
     for path in task.files(folder):
-        for item in text.read_text_items(_records(path), reading, str(path)):
+        for item in text.read_text_items(_records(path), str(path), *fields):
             out.append(
                 Unit(
                     task.name,
@@ -337,25 +335,20 @@ def _judge_units(task: JudgeTask, folder: Path) -> list[Unit]:
 
         return score
 
-    reading = TextTask(
-        name=task.name, type="text", data=task.data, prompt_field=task.prompt_field,
-        instruction_field=task.instruction_field,
-        reference_field=task.reference_field or task.prompt_field,
-    )  # fmt: skip
+    fields = (task.prompt_field, task.instruction_field, task.reference_field)
     out = []
     for path in task.files(folder):
-        for item in text.read_text_items(_records(path), reading, str(path)):
-            reference = item["reference"] if task.reference_field else ""
+        for item in text.read_text_items(_records(path), str(path), *fields):
             out.append(
                 Unit(
                     task.name,
                     "judge",
                     item["id"],
                     item["prompt"],
-                    reference,
+                    item["reference"],
                     system=task.system,
                     max_new_tokens=task.max_new_tokens,
-                    score=scorer(item["prompt"], reference),
+                    score=scorer(item["prompt"], item["reference"]),
                 )
             )
     return out[: task.limit] if task.limit else out

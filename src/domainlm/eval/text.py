@@ -74,21 +74,31 @@ def corpus_bleu(predictions: list[str], references: list[str]) -> float:
     return float(BLEU(tokenize="zh").corpus_score(predictions, [references]).score)
 
 
-def read_text_items(rows: list[dict[str, Any]], task: Any, source: str) -> list[dict[str, str]]:
-    """(id, prompt, reference) of each row, or an error naming the row and field."""
+def read_text_items(
+    rows: list[dict[str, Any]],
+    source: str,
+    prompt_field: str,
+    instruction_field: str | None,
+    reference_field: str | None,
+) -> list[dict[str, str]]:
+    """(id, prompt, reference) of each row — the instruction, when present, before the
+    question; no reference without a `reference_field` — or an error naming the row and
+    the field."""
     from domainlm.errors import SourceError
 
     items = []
     for line, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise SourceError(source, line, "expected an object")
-        question = str(row.get(task.prompt_field) or "").strip()
-        reference = str(row.get(task.reference_field) or "").strip()
+        question = str(row.get(prompt_field) or "").strip()
         if not question:
-            raise SourceError(source, line, "missing or empty", task.prompt_field)
-        if not reference:
-            raise SourceError(source, line, "missing or empty", task.reference_field)
-        instruction = str(row.get(task.instruction_field or "", "") or "").strip()
+            raise SourceError(source, line, "missing or empty", prompt_field)
+        reference = ""
+        if reference_field is not None:
+            reference = str(row.get(reference_field) or "").strip()
+            if not reference:
+                raise SourceError(source, line, "missing or empty", reference_field)
+        instruction = str(row.get(instruction_field or "", "") or "").strip()
         prompt = f"{instruction}\n{question}" if instruction else question
         items.append({"id": str(row.get("id", line)), "prompt": prompt, "reference": reference})
     return items
