@@ -111,7 +111,7 @@ def run_domainlm(folder: Path, model: Path, shots: int, out: Path) -> dict[str, 
     answers = {}
     for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        answers[row["id"]] = row["option_logprobs"]
+        answers[row["id"]] = [row["option_logprobs"][letter] for letter in LETTERS]
     return {"seconds": seconds, "answers": answers}
 
 

@@ -92,7 +92,21 @@ def test_the_suite_takes_shots_from_the_same_subject_and_kind() -> None:
     assert "实收资本" in multi.prompt  # the accounting dev question with two answers
     single = next(u for u in units if u.id == "banking/1" and u.scorer == "loglik")
     assert single.prompt.count("答案：") == 2 and "商业银行最主要的资金来源" in single.prompt
-    assert not any(u.id == "accounting/4" and u.scorer == "loglik" for u in units)  # multi
+    # A multi-answer item by log-likelihood: every set of letters, as the shots write them.
+    multi = next(u for u in units if u.id == "accounting/4" and u.scorer == "loglik")
+    assert len(multi.continuations) == 15 and multi.continuations[:5] == [
+        " A",
+        " B",
+        " C",
+        " D",
+        " AB",
+    ]
+    scores = [0.0] * 15
+    scores[multi.continuations.index(" " + multi.reference)] = 1.0
+    assert multi.score(scores) == (multi.reference, {"correct": 1.0})
+    scores = [-float(i) for i in range(15)]  # " A" most likely: a single letter is wrong
+    assert multi.score(scores) == ("A", {"correct": 0.0})
+    assert exam.letter_sets("ABC") == ["A", "B", "C", "AB", "AC", "BC", "ABC"]
 
 
 def test_text_metrics_by_hand() -> None:
@@ -187,8 +201,8 @@ def test_a_run_with_an_expert_writes_results_summary_and_reports(
     suite = load_suite(_suite(tmp_path))
     summary = evaluate(suite, local, ["base", "law"], tmp_path / "out")
     rows = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
-    # 9 questions x 2 scorers - 2 multi-answer loglik units + 3 consultations, per model.
-    assert len(rows) == 2 * (9 * 2 - 2 + 3)
+    # 9 questions x 2 scorers + 3 consultations, per model.
+    assert len(rows) == 2 * (9 * 2 + 3)
     assert {r["model"] for r in rows} == {"base", "law"} and not any("error" in r for r in rows)
     parts = {(p["task"], p["scorer"]): p for p in summary["parts"]}
     exam_part = parts[("exam", "loglik")]
@@ -211,7 +225,7 @@ def test_stop_and_resume(local: Any, tmp_path: Path) -> None:
     out = tmp_path / "out"
 
     def stop_after(done: int, total: int) -> None:
-        if done == 7:
+        if done == 9:  # the exam's log-likelihood units
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -219,13 +233,13 @@ def test_stop_and_resume(local: Any, tmp_path: Path) -> None:
     results = out / "results.jsonl"
     with results.open("a") as handle:
         handle.write('{"key": "cut off')  # a line cut by the stop
-    assert len(results.read_text().splitlines()) == 8
+    assert len(results.read_text().splitlines()) == 10
     with pytest.raises(DomainLMError, match="--resume"):
         evaluate(suite, local, ["base"], out)
     seen: list[int] = []
     evaluate(suite, local, ["base"], out, resume=True, progress=lambda d, t: seen.append(d))
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert seen[0] == 7 and len(rows) == 19 and len({r["key"] for r in rows}) == 19
+    assert seen[0] == 9 and len(rows) == 21 and len({r["key"] for r in rows}) == 21
 
 
 def test_suite_and_cli_mistakes_are_one_line(tmp_path: Path, cli: Any) -> None:

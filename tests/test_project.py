@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import domainlm
 from domainlm.chat import Conversation
 from domainlm.chat.formats import get_format
 from domainlm.cli import docs
+from domainlm.expert import Expert
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +69,19 @@ def test_demo_converts_every_example(cli: Any, tmp_path: Path) -> None:
     assert "Q: 什么是定金？定金最多可以约定多少？" in stdout
     assert "《中华人民共和国民法典》第五百八十六条 [current]" in stdout
     assert "--model PATH" in stdout
+    # The evaluation stage: an expert of the answering model, both suites before/after.
+    chat = tmp_path / "eval" / "experts" / "demo-chat"
+    card = Expert.open(chat).card
+    assert card.evaluation["suite"] == "finance" and (chat / "eval" / "report.html").is_file()
+    assert {p["task"] for p in card.evaluation["parts"]} >= {
+        "finance-exam",
+        "fincalc",
+        "tool-calls",
+    }
+    law = json.loads((tmp_path / "eval" / "law" / "summary.json").read_text())
+    assert {p["task"] for p in law["parts"]} == {"law-consult", "law-citations", "law-retrieval"}
+    assert "law-retrieval (retrieval) recall@5 %:" in stdout
+    assert "law-consult (text) ROUGE-L: base " in stdout
     # Running it again reuses the knowledge base and replaces the demo expert.
     code, stdout, _ = cli("demo", "--output", tmp_path, "--model", "tiny")
     assert code == 0 and "knowledge base opened" in stdout

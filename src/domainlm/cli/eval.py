@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from domainlm.cli.console import err, out
 from domainlm.errors import DomainLMError
@@ -59,7 +58,7 @@ def eval_command(
 ) -> None:
     """Run an evaluation suite on the base and experts (or an endpoint); write results.jsonl,
     summary.json, report.md and report.html."""
-    from domainlm.eval.evaluate import evaluate, local_models
+    from domainlm.eval.evaluate import evaluate, local_models, progress_bar
     from domainlm.eval.models import EndpointModels
     from domainlm.eval.run import plan
     from domainlm.eval.suite import load_suite
@@ -81,25 +80,9 @@ def eval_command(
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise DomainLMError(f"--dtype {dtype}: choose auto, float32, bfloat16 or float16")
         backend = local_models(model, experts, dtype=dtype)
-    bar = Progress(
-        "{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    task = bar.add_task(suite.name, total=None)
     try:
-        with bar:
-            summary = evaluate(
-                suite,
-                backend,
-                names,
-                folder,
-                resume,
-                lambda done, total: bar.update(task, completed=done, total=total),
-            )
+        with progress_bar(err, suite.name) as progress:
+            summary = evaluate(suite, backend, names, folder, resume, progress)
     except KeyboardInterrupt:
         err.print(
             f"stopped: finished items are in {folder}/results.jsonl; add --resume to continue",

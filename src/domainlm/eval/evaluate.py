@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from domainlm.eval.models import Models
 from domainlm.eval.report import html_report, markdown
@@ -53,3 +56,22 @@ def local_models(
     weights = None if dtype == "auto" else getattr(torch, dtype)
     pool = load_pool(model, [experts] if experts else [], dtype=weights)
     return LocalModels(pool, get_format(chat_format, pool.base.tokenizer))
+
+
+@contextmanager
+def progress_bar(console: Console, label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar with ETA on `console` while the block runs; yields the `progress`
+    callback `evaluate` takes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None)
+    with bar:
+        yield lambda done, total: bar.update(task, completed=done, total=total)

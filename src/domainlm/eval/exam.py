@@ -6,7 +6,10 @@ with the same keys. An answer of several letters (`BD`) makes a multi-answer ite
 
 The prompt is C-Eval's: a header naming the subject, worked examples from the dev split,
 then `question\\nA. ...\\n答案：`. The log-likelihood scorer compares the option letters as
-continuations of that prompt (` A`, ` B` ..., as lm-evaluation-harness's C-Eval task);
+continuations of that prompt (` A`, ` B` ..., as lm-evaluation-harness's C-Eval task); for a
+multi-answer item the continuations are every non-empty set of letters written as the worked
+examples write them (` A`, ` AB`, ... ` ABCD`: 15 for four options) and the most likely
+string is the model's answer (summed log-probabilities, as lm-evaluation-harness's `acc`);
 the generation scorer reads the letters from the model's own answer (`read_choice`).
 """
 
@@ -105,6 +108,13 @@ def _question(path: Path, line: int, row: object, subject: str) -> Question:
         answer=answer,
         explanation=str(row.get("explanation") or "").strip(),
     )
+
+
+def letter_sets(letters: str) -> list[str]:
+    """Every non-empty set of the letters, each sorted: "ABC" -> A, B, C, AB, AC, BC, ABC."""
+    from itertools import combinations
+
+    return ["".join(c) for size in range(1, len(letters) + 1) for c in combinations(letters, size)]
 
 
 def header(subject: str, multi: bool) -> str:

@@ -42,6 +42,21 @@ def _signed(delta: dict[str, Any] | None, metric: str) -> str:
     return f"{value:+.1f}{_span(delta['interval'], metric)}"
 
 
+def card_line(part: dict[str, Any]) -> str:
+    """One part of an expert card's evaluation (`summary.card_parts`) as one line:
+    `fincalc (computation) accuracy %: base 0.0 -> expert 16.7, difference +16.7 [0.0, 33.3]`."""
+    metric = part["metric"]
+    line = f"{part['task']} ({part['scorer']}) {LABELS.get(metric, metric)}: "
+    if "kb" in part:  # the knowledge base's own numbers (retrieval): no model in them
+        return line + _number(part["kb"], metric)
+    base, expert = (_number(part.get(k), metric) for k in ("base", "expert"))
+    line += f"base {base} -> expert {expert}"
+    if "delta" in part:
+        delta = {"value": part["delta"], "interval": part.get("interval")}
+        line += f", difference {_signed(delta, metric)}"
+    return line
+
+
 def _listed(items: list[str]) -> str:
     return ", ".join(items[:SHOWN_FLIPS]) + (" …" if len(items) > SHOWN_FLIPS else "")
 

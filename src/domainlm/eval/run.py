@@ -176,7 +176,9 @@ def _row(
     row["prediction"] = prediction
     row["score"] = score
     if option_scores is not None:
-        row["option_logprobs"] = [round(s, 6) for s in option_scores]
+        row["option_logprobs"] = {
+            c.strip(): round(s, 6) for c, s in zip(unit.continuations, option_scores, strict=True)
+        }
     if raw is not None and raw != prediction:
         row["reply"] = raw
     return row

@@ -125,3 +125,19 @@ def _flips(reference: Scores, other: Scores, metric: str) -> dict[str, list[str]
         "right_to_wrong": [i for i in both if reference[i][metric] and not other[i][metric]],
         "wrong_to_right": [i for i in both if not reference[i][metric] and other[i][metric]],
     }
+
+
+def card_parts(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """A two-model summary as an expert card keeps it: per task and scorer its metric, the
+    base's and the expert's value (`kb` for a KB's own rows) and the difference with its
+    interval."""
+    parts = []
+    for part in summary["parts"]:
+        entry = {"task": part["task"], "scorer": part["scorer"], "metric": part["metric"]}
+        for model, values in part["models"].items():
+            entry[model if model in ("base", "kb") else "expert"] = values["value"]
+            if values.get("delta"):
+                entry["delta"] = values["delta"]["value"]
+                entry["interval"] = values["delta"]["interval"]
+        parts.append(entry)
+    return parts

@@ -80,9 +80,8 @@ def _exam_units(task: ExamTask, folder: Path, seed: int) -> list[Unit]:
         shots = [s for s in shots_by_subject.get(q.subject, []) if s.multi == q.multi][: task.shots]
         prompt = exam.prompt(q, shots)
         letters = "".join(q.options)
+        choices = exam.letter_sets(letters) if q.multi else list(letters)
         for scorer in task.scorers:
-            if scorer == "loglik" and q.multi:
-                continue  # a set of letters has no single continuation to score
             out.append(
                 Unit(
                     task.name,
@@ -91,22 +90,20 @@ def _exam_units(task: ExamTask, folder: Path, seed: int) -> list[Unit]:
                     prompt,
                     q.answer,
                     group=q.subject,
-                    continuations=[f" {letter}" for letter in letters]
-                    if scorer == "loglik"
-                    else [],
+                    continuations=[f" {c}" for c in choices] if scorer == "loglik" else [],
                     system=task.system,
                     max_new_tokens=task.max_new_tokens,
-                    score=_exam_scorer(scorer, q.answer, letters),
+                    score=_exam_scorer(scorer, q.answer, letters, choices),
                 )
             )
     return out
 
 
 def _exam_scorer(
-    scorer: str, answer: str, letters: str
+    scorer: str, answer: str, letters: str, choices: list[str]
 ) -> Callable[[Any], tuple[str, dict[str, float]]]:
     def by_loglik(scores: list[float]) -> tuple[str, dict[str, float]]:
-        best = letters[max(range(len(scores)), key=scores.__getitem__)]
+        best = choices[max(range(len(scores)), key=scores.__getitem__)]
         return best, {"correct": float(best == answer)}
 
     def by_reading(reply: Any) -> tuple[str, dict[str, float]]:

@@ -95,9 +95,11 @@ def suite_report(run: Run, pool: AdapterPool, console: Console) -> dict[str, Any
     """The recipe's eval suite on base and expert, its report written to the work folder's
     eval/ (kept when an interrupted end step is resumed: finished items are not re-run);
     the summary for the card: per task, both scores and the difference."""
-    from domainlm.eval.evaluate import evaluate
+    from domainlm.eval.evaluate import evaluate, progress_bar
     from domainlm.eval.models import LocalModels
+    from domainlm.eval.report import card_line
     from domainlm.eval.suite import load_suite
+    from domainlm.eval.summary import card_parts
 
     assert run.recipe.eval.suite is not None
     suite = load_suite(run.recipe.eval.suite)
@@ -105,20 +107,13 @@ def suite_report(run: Run, pool: AdapterPool, console: Console) -> dict[str, Any
     console.print(f"eval suite {suite.name}: base and {name} …")
     models = LocalModels(pool, run.chat_format)
     try:
-        summary = evaluate(suite, models, ["base", name], run.work / "eval", resume=True)
+        with progress_bar(console, f"eval {suite.name}") as progress:
+            summary = evaluate(
+                suite, models, ["base", name], run.work / "eval", resume=True, progress=progress
+            )
     finally:
         models.close()
-    parts = []
-    for part in summary["parts"]:
-        entry = {"task": part["task"], "scorer": part["scorer"], "metric": part["metric"]}
-        for model, values in part["models"].items():
-            entry[model if model in ("base", "kb") else "expert"] = values["value"]
-            if values.get("delta"):
-                entry["delta"] = values["delta"]["value"]
-                entry["interval"] = values["delta"]["interval"]
-        parts.append(entry)
-        console.print(
-            f"  {part['task']} ({part['scorer']}): "
-            + ", ".join(f"{k} {v:.3f}" for k, v in entry.items() if isinstance(v, float))
-        )
+    parts = card_parts(summary)
+    for entry in parts:
+        console.print(f"  {card_line(entry)}", markup=False)
     return {"suite": suite.name, "report": "eval/report.html", "parts": parts}
