@@ -2,6 +2,7 @@
 
     pip install -c constraints.txt lm-eval==0.4.13      (the bench's peer, not a dependency)
     python bench/eval.py --data ../shared/data/dev/fineval_dev --rounds 5
+    python bench/eval.py --data ../shared/data/dev/fineval_dev --rounds 5 --one-file
 
 Both score the same multiple-choice CSVs (C-Eval layout, one subject per file) on the same
 model in fp32 by option log-likelihood, with the same prompt: each subject's first
@@ -12,6 +13,10 @@ lines, `答案：`, target delimiter " ", few-shot from a dev split with `first_
   (a) `domainlm`: `domainlm eval SUITE --dtype float32` (one forward per question, batches
       of 16 rows, the shared few-shot prefix computed once per batch);
   (b) `lm-eval`: `lm_eval --model hf ... --batch_size 16` (its own batching and caches).
+
+With `--one-file` every subject's single-answer questions make one exam file (one subject,
+the first `--shots` questions its worked examples), as a firm's own exam would be: the
+prefix is shared by every question, not by the 3 of a FinEval dev subject.
 
 Each is a process of its own timed from start to exit (model loading included), peers
 taking turns for `--rounds`. Reported: wall time median, min-max, per-round ratio
@@ -41,18 +46,26 @@ BIN = Path(sys.executable).parent
 LETTERS = "ABCD"
 
 
-def split_subjects(source: Path, shots: int, folder: Path) -> list[str]:
+def split_subjects(source: Path, shots: int, folder: Path, one_file: bool = False) -> list[str]:
     """Each subject's CSV split into `{subject}_dev.csv` (its first `shots` single-answer
-    questions) and `{subject}_val.csv` (its other single-answer questions)."""
+    questions) and `{subject}_val.csv` (its other single-answer questions); with `one_file`
+    every subject's single-answer questions make one exam (`finance`, ids prefixed by their
+    subject) whose first `shots` questions are the worked examples."""
     from domainlm.eval.exam import subject_of
 
-    subjects = []
+    exams: dict[str, list[dict[str, str]]] = {}
     for path in sorted(source.glob("*.csv")):
         with path.open(encoding="utf-8-sig", newline="") as handle:
             rows = [r for r in csv.DictReader(handle) if len(r["answer"].strip()) == 1]
+        subject = subject_of(path)
+        if one_file:
+            for row in rows:
+                row["id"] = f"{subject}-{row['id']}"
+        exams.setdefault("finance" if one_file else subject, []).extend(rows)
+    subjects = []
+    for subject, rows in exams.items():
         if len(rows) <= shots:
             continue
-        subject = subject_of(path)
         for part, chosen in (("dev", rows[:shots]), ("val", rows[shots:])):
             with (folder / part / f"{subject}_{part}.csv").open("w", encoding="utf-8") as out:
                 writer = csv.DictWriter(out, fieldnames=["id", "question", *LETTERS, "answer"])
@@ -199,6 +212,10 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
+        "--one-file", action="store_true", help="every subject's questions as one exam file "
+        "(a firm's own exam): one few-shot prefix for all; writes eval_one_file.json"
+    )  # fmt: skip
+    parser.add_argument(
         "--text", type=Path, help="JSON of {question, answer} items: check the text metrics "
         "against LLaMA-Factory's formula on them"
     )  # fmt: skip
@@ -212,7 +229,7 @@ def main() -> None:
     try:
         for part in ("dev", "val", "tasks"):
             (folder / part).mkdir()
-        subjects = split_subjects(args.data, args.shots, folder)
+        subjects = split_subjects(args.data, args.shots, folder, args.one_file)
         lm_eval_tasks(folder, subjects)
         base = load_base("default", dtype=torch.float32)
         model = folder / "model"
@@ -237,6 +254,7 @@ def main() -> None:
             "benchmark": "exam log-likelihood scoring, SmolLM2-135M-Instruct fp32, CPU",
             "setup": {
                 "data": str(args.data),
+                "layout": "one exam file" if args.one_file else "one file per subject",
                 "subjects": len(subjects),
                 "shots": args.shots,
                 "rounds": args.rounds,
@@ -251,8 +269,9 @@ def main() -> None:
         }
         if args.text:
             report["text_metrics_vs_llamafactory"] = text_check(args.text)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n")
+        results = RESULTS.with_name("eval_one_file.json") if args.one_file else RESULTS
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n")
         print(
             json.dumps(
                 {k: report[k] for k in ("seconds", "lm_eval_over_domainlm", "agreement")}, indent=1
