@@ -425,3 +425,96 @@ def test_reranker_reorders_the_first_stage(law_kb: KnowledgeBase) -> None:
     assert plain[0].article_num == 586
     reranked = law_kb.search("定金", k=2, reranker=Prefers587())  # type: ignore[arg-type]
     assert reranked[0].article_num == 587 and reranked[0].via == "rerank"
+
+
+FIT_QRELS = [
+    ("同事借我钱不还怎么办", CIVIL, 675),  # colloquial: only the synonym file's terms match
+    ("朋友借钱到期不还", CIVIL, 675),
+    ("什么是定金", CIVIL, 586),
+    ("收受定金的一方不履行债务怎么办", CIVIL, 587),
+    ("正当防卫是什么", CRIMINAL, 20),
+    ("楼上高空抛物砸伤了人", CIVIL, 1254),
+]
+
+
+def _qrels() -> list[Any]:
+    from domainlm.kb.evaluate import Qrel
+
+    return [Qrel(q, {(law, n)}, f"q{i}") for i, (q, law, n) in enumerate(FIT_QRELS)]
+
+
+def test_cross_validation_fits_on_the_other_folds_only(
+    law_kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from domainlm.kb import ranking
+
+    fitted_on: list[set[str]] = []
+    real_fit = ranking.fit
+
+    def spy(kb: Any, qrels: list[Any], progress: Any = None) -> Any:
+        fitted_on.append({q.query for q in qrels})
+        return real_fit(kb, qrels, progress)
+
+    monkeypatch.setattr(ranking, "fit", spy)
+    report = ranking.cross_validate(law_kb, _qrels(), 3)
+    folds = ranking.folds_of(_qrels(), 3)
+    assert len(report["folds"]) == 3 and report["pooled"]["queries"] == len(FIT_QRELS)
+    for seen, held_out, fold in zip(fitted_on, folds, report["folds"], strict=True):
+        held = {q.query for q in held_out}
+        assert not seen & held and seen | held == {q for q, _, _ in FIT_QRELS}
+        assert fold["queries"] == len(held) and set(fold["ranking"]) == {
+            "expansion",
+            "mention",
+            "dense",
+        }
+    mean = sum(f["recall@1"] * f["queries"] for f in report["folds"]) / len(FIT_QRELS)
+    assert report["pooled"]["recall@1"] == pytest.approx(mean)
+    assert report["knobs"] == ["expansion", "mention"]  # no dense vectors, no dense weight
+    with pytest.raises(DomainLMError, match="at least 2 folds"):
+        ranking.folds_of(_qrels(), 1)
+    with pytest.raises(DomainLMError, match="more folds than the 6 queries"):
+        ranking.folds_of(_qrels(), 7)
+
+
+def test_fit_takes_the_grid_best_and_tune_keeps_it(
+    law_kb: KnowledgeBase, tmp_path: Path, cli: Any
+) -> None:
+    from domainlm.kb.evaluate import evaluate
+    from domainlm.kb.ranking import Ranking, candidates, fit, searcher
+
+    qrels = _qrels()
+    best, result = fit(law_kb, qrels)
+    every = [evaluate(qrels, searcher(law_kb, r), law_kb.laws.resolve) for r in candidates(law_kb)]
+    assert result["mrr@10"] == max(r["mrr@10"] for r in every) == 1.0
+    # The knob matters: without the synonym file's terms the colloquial questions miss.
+    plain = evaluate(qrels, searcher(law_kb, Ranking(expansion=0)), law_kb.laws.resolve)
+    assert plain["recall@1"] < 1.0 and best.expansion > 0
+
+    path = tmp_path / "fit.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"query": q, "relevant": [{"law": law, "article_no": n}]}, ensure_ascii=False
+            )
+            + "\n"
+            for q, law, n in FIT_QRELS
+        ),
+        encoding="utf-8",
+    )
+    folder = law_kb.folder
+    law_kb.save_ranking(Ranking(expansion=0.0, mention=1.0))
+    code, out, err = cli("kb", "tune", folder, path)
+    assert code == 0, err
+    assert "fitted ranking: expansion=" in out and "--folds 5" in out and "saved in" in out
+    assert KnowledgeBase.open(folder).ranking.expansion > 0
+    # `kb add` rebuilds the index and keeps the fitted ranking.
+    add(folder, [str(_docs(tmp_path / "docs"))])
+    assert KnowledgeBase.open(folder).manifest["ranking"]["expansion"] > 0
+    code, out, err = cli("kb", "eval", folder, path, "--folds", "2", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert [f["fold"] for f in report["folds"]] == [1, 2] and report["pooled"]["queries"] == 6
+    code, out, err = cli("kb", "eval", folder, path, "--folds", "3")
+    assert code == 0 and "held-out" in out and "KB as is" in out
+    code, _, err = cli("kb", "eval", folder, path, "--folds", "1")
+    assert code != 0 and "at least 2 folds" in err and "Traceback" not in err

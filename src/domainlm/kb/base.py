@@ -27,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from domainlm.errors import DomainLMError
+from domainlm.io import atomic_write
 from domainlm.kb import citations as cite
 from domainlm.kb import history, verdicts
 from domainlm.kb.dense import DENSE_FILE, RERANK_DEPTH, Encoder, Reranker, embed_all, fuse
 from domainlm.kb.index import Bm25Index
 from domainlm.kb.laws import PREFIX, LawNames
 from domainlm.kb.numerals import NUMERAL, article_label
+from domainlm.kb.ranking import Ranking
 from domainlm.kb.sources import (
     CHINA_LAW,
     Document,
@@ -46,8 +48,6 @@ from domainlm.kb.store import STORE_FILE, Chunk, Store
 from domainlm.kb.text import Tokenizer, synonyms
 
 MANIFEST = "kb.json"
-#: Weight of terms added by the synonym file, relative to the query's own terms.
-EXPANSION_WEIGHT = 0.5
 FORMAT = 2  # 2: articles 之N have their own identity; repeal and amendment tables
 MAX_QUERY_CHARS = 2000
 _REFERENCE = re.compile(rf"第{NUMERAL}[条款项编章节]")
@@ -89,6 +89,17 @@ class KnowledgeBase:
         return cls(folder, store, Bm25Index.load(folder), manifest)
 
     @property
+    def ranking(self) -> Ranking:
+        """The KB's ranking: fitted with `kb tune`, else the defaults."""
+        return Ranking(**self.manifest.get("ranking", {}))
+
+    def save_ranking(self, ranking: Ranking) -> None:
+        """Keep `ranking` in the manifest (written whole, atomically)."""
+        self.manifest["ranking"] = ranking.model_dump()
+        with atomic_write(self.folder / MANIFEST) as handle:
+            handle.write(json.dumps(self.manifest, ensure_ascii=False, indent=1))
+
+    @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:  # jieba's dictionary takes ~0.5 s: load on first query
             self._tokenizer = Tokenizer(self.manifest.get("user_words", []))
@@ -110,8 +121,10 @@ class KnowledgeBase:
         current_only: bool = True,
         law: str | None = None,
         reranker: Reranker | None = None,
+        ranking: Ranking | None = None,
     ) -> list[Chunk]:
-        """The `k` chunks that best answer `query`: articles the query cites first, then BM25.
+        """The `k` chunks that best answer `query`: articles the query cites first, then BM25
+        (fused with the dense ranking in a dense KB) as `ranking` (the KB's own) weighs it.
 
         Raises:
             DomainLMError: for an empty or over-long query, or an unknown `law`.
@@ -127,7 +140,7 @@ class KnowledgeBase:
             if wanted_law is None:
                 raise DomainLMError(f"no law named {law!r} in this knowledge base")
         direct = self._direct(query, wanted_law)
-        scores = self._scores(query, wanted_law, current_only)
+        scores = self._scores(query, wanted_law, current_only, ranking or self.ranking)
         exclude = {c.id for c in direct}
         depth = max(k, RERANK_DEPTH) if reranker is not None else k
         top = np.argsort(-scores)[: depth + len(exclude)]
@@ -160,7 +173,9 @@ class KnowledgeBase:
                 hits.append(versions[0])
         return hits
 
-    def _scores(self, query: str, wanted_law: str | None, current_only: bool) -> np.ndarray:
+    def _scores(
+        self, query: str, wanted_law: str | None, current_only: bool, ranking: Ranking
+    ) -> np.ndarray:
         terms = self.tokenizer.tokens(_REFERENCE.sub(" ", query))
         weighted: dict[str, float] = {}
         for term in terms:
@@ -168,19 +183,19 @@ class KnowledgeBase:
         for word, expansions in synonyms().items():
             if all(part in query for part in word.split("+")):
                 for term in expansions:
-                    weighted.setdefault(term, EXPANSION_WEIGHT)
+                    weighted.setdefault(term, ranking.expansion)
         scores = self.index.scores(weighted)
         mask = self.index.current if current_only else np.ones_like(scores)
         if self.dense is not None:
             query_vector = self.encoder.encode([query])[0]
-            scores = fuse(scores, self.dense @ query_vector, mask)
+            scores = fuse(scores, self.dense @ query_vector, mask, ranking.dense)
         scores = scores * mask
         held = self.manifest["laws"]
         named = [wanted_law] if wanted_law else [n for n in self.laws.mentioned(query) if n in held]
         if named:
             law_ids = [held.index(n) for n in named]
             in_named = np.isin(self.law_of_row, law_ids)
-            scores = scores * np.where(in_named, 1.0, 0.0 if wanted_law else 0.6)
+            scores = scores * np.where(in_named, 1.0, 0.0 if wanted_law else ranking.mention)
         return scores
 
     def get(self, law: str, number: int, sub: int = 0) -> list[Chunk]:
@@ -477,6 +492,9 @@ def _finish(
         texts = dict(store.conn.execute("SELECT id, coalesce(heading, '') || text FROM chunks"))
         vectors = embed_all(encoder, [texts[r[0]] for r in rows], progress)
         np.save(staging / DENSE_FILE, vectors)
+    # A ranking fitted with `kb tune` stays through `kb add` and `kb remove` (`kb build`
+    # starts afresh: new content, new fit).
+    kept = read_manifest(staging).get("ranking") if (staging / MANIFEST).is_file() else None
     manifest = {
         "format": FORMAT,
         "dense": encoder.spec if encoder is not None else None,
@@ -490,6 +508,8 @@ def _finish(
         # Files the last build/add could not read, with the reason.
         "skipped": [asdict(u) for u in report.skipped] if report else [],
     }
+    if kept:
+        manifest["ranking"] = kept
     store.close()
     (staging / MANIFEST).write_text(
         json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8"
@@ -515,8 +535,9 @@ class _staging:
     def __enter__(self) -> Path:
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", dir=self.folder.parent))
-        if self.copy:
+        if self.copy:  # the store, and the manifest for what `_finish` keeps of it
             shutil.copy2(self.folder / STORE_FILE, self.path / STORE_FILE)
+            shutil.copy2(self.folder / MANIFEST, self.path / MANIFEST)
         return self.path
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:

@@ -23,11 +23,6 @@ USE = "use"
 EMBED_CHARS = 256
 #: Reciprocal-rank-fusion constant (the usual 60) and how deep each list is fused.
 RRF_K, FUSE_DEPTH = 60, 100
-#: Weight of the dense list against BM25's 1.0. With the multilingual USE encoder on 147
-#: statute scenario questions: 0.25 gave recall@3/@10 0.612/0.728 against BM25 alone's
-#: 0.599/0.714 but recall@5 0.667 against 0.687; at 0.5 and 1.0 every k fell. A stronger
-#: (domain) encoder from a local folder deserves a higher weight.
-DENSE_WEIGHT = 0.25
 
 
 class Encoder:
@@ -80,9 +75,7 @@ def embed_all(
     return np.concatenate(out).astype(np.float16)
 
 
-def fuse(
-    bm25: np.ndarray, dense: np.ndarray, mask: np.ndarray, dense_weight: float = DENSE_WEIGHT
-) -> np.ndarray:
+def fuse(bm25: np.ndarray, dense: np.ndarray, mask: np.ndarray, dense_weight: float) -> np.ndarray:
     """Weighted reciprocal-rank fusion of two (chunks,) score vectors; rows where `mask`
     is 0 drop out."""
     fused = np.zeros(len(bm25), dtype=np.float32)
