@@ -9,6 +9,7 @@ in the `slow` tier.
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shlex
 import shutil
@@ -103,8 +104,17 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "answer.txt").write_text(
         "依据《民法典》第五百八十六条，定金合同自实际交付定金时成立。", encoding="utf-8"
     )
+    qrels = [("什么是定金", "民法典", 586), ("借款人到期不返还借款", "民法典", 675),
+             ("从建筑物中抛掷物品砸伤人", "民法典", 1254), ("正当防卫", "刑法", 20),
+             ("醉酒驾驶机动车", "刑法", 133)]  # fmt: skip
     (tmp_path / "qrels.jsonl").write_text(
-        '{"query": "什么是定金", "relevant": [{"law": "民法典", "article_no": 586}]}\n',
+        "".join(
+            json.dumps(
+                {"query": q, "relevant": [{"law": law, "article_no": n}]}, ensure_ascii=False
+            )
+            + "\n"
+            for q, law, n in qrels
+        ),
         encoding="utf-8",
     )
     monkeypatch.chdir(tmp_path)
