@@ -407,7 +407,7 @@ def test_a_recipes_eval_suite_runs_on_base_and_expert_at_the_end(tmp_path: Path,
     expert = tmp_path / "experts" / "law"
     assert (expert / "eval" / "report.html").is_file()
     rows = (expert / "eval" / "results.jsonl").read_text().splitlines()
-    assert len(rows) == 2 * (7 + 2)  # base and expert: 7 single-answer questions, 2 calls
+    assert len(rows) == 2 * (9 + 2)  # base and expert: 9 questions (2 multi-answer), 2 calls
     evaluation = read_card(expert).evaluation
     assert evaluation["suite"] == "check" and evaluation["report"] == "eval/report.html"
     exam = next(p for p in evaluation["parts"] if p["task"] == "exam")

@@ -332,28 +332,26 @@ _METRICS = {"recall@1": "R@1", "recall@3": "R@3", "recall@5": "R@5", "recall@10"
 
 
 def _print_folds(report: dict[str, Any]) -> None:
-    knobs = report["knobs"]
-    table = Table(
-        title="retrieval, cross-validated: each fold scored by a ranking fitted on the others"
-    )
-    for column in ("fold", "queries", *knobs, *_METRICS.values()):
+    table = Table(title="retrieval, cross-validated")
+    for column in ("fold", "queries", *_METRICS.values()):
         table.add_column(column, justify="right")
+    rows = [(str(f["fold"]), f) for f in report["folds"]]
+    rows += [("held-out", report["pooled"]), ("KB as is", report["shipped"])]
+    for name, numbers in rows:
+        table.add_row(name, str(numbers["queries"]), *(f"{numbers[m]:.3f}" for m in _METRICS))
+    out.print(table)
 
-    def row(name: str, numbers: dict[str, Any], ranking: dict[str, float] | None) -> None:
-        fitted = [f"{ranking[k]:g}" if ranking else "" for k in knobs]
-        table.add_row(
-            name, str(numbers["queries"]), *fitted, *(f"{numbers[m]:.3f}" for m in _METRICS)
-        )
+    def knobs(ranking: dict[str, float]) -> str:
+        return " ".join(f"{k}={ranking[k]:g}" for k in report["knobs"])
 
     for fold in report["folds"]:
-        row(str(fold["fold"]), fold, fold["ranking"])
-    row("held-out", report["pooled"], None)
-    row("KB as is", report["shipped"], report["shipped_ranking"])
-    out.print(table)
+        out.print(f"fold {fold['fold']}: fitted on the other folds: {knobs(fold['ranking'])}",
+                  markup=False)  # fmt: skip
+    out.print(f"KB as is: {knobs(report['shipped_ranking'])}", markup=False)
     out.print(
-        "held-out: every query scored once, by a ranking fitted without it — the number to "
-        "expect on new questions. KB as is: the KB's own ranking on all of them (in-sample if "
-        "it was tuned on this file).",
+        "held-out: every query scored once, by a ranking fitted without it (the number to "
+        "expect on new questions); KB as is: the KB's own ranking on all of them (in-sample "
+        "if it was tuned on this file).",
         markup=False,
     )
 

@@ -1,8 +1,9 @@
 """What a knowledge base's ranking can fit, fitting it on qrels, and honest numbers for it.
 
-A KB ranks by BM25 over its chunks' tokens, plus three knobs: the weight of terms the
-synonym file adds to a query, the factor that demotes articles outside a law the query
-names, and (with a dense encoder) the weight of the dense ranking in the fusion. `fit`
+A KB ranks by BM25 over its chunks' tokens, plus knobs: the weight of terms the synonym
+file adds to a query, the factor that demotes articles outside a law the query names, how
+much a candidate gains from other top candidates of its law and of its chapter, and (with a
+dense encoder) the weight of the dense ranking in the fusion. `fit`
 picks them on a qrels file by grid search (MRR@10, then recall@5, then the defaults'
 order on ties); `cross_validate` fits on K-1 folds and scores the held-out fold, so the
 number reported is one for questions the fitting did not see. `kb tune` saves a fitted
@@ -49,12 +50,22 @@ class Ranking(BaseModel):
     dense: float = Field(
         0.25, ge=0, le=4, description="Weight of the dense ranking in the fusion (dense KBs)."
     )
+    law_votes: float = Field(
+        0.0, ge=0, le=4, description="Boost of a candidate by the share of the top 20 that "
+        "come from its law (agreement between candidates)."
+    )  # fmt: skip
+    chapter_votes: float = Field(
+        0.0, ge=0, le=4, description="Boost of a candidate by the share of the top 20 that "
+        "come from its chapter (a document's heading)."
+    )  # fmt: skip
 
 
 #: The values `fit` tries; the first of each is the default's neighbourhood centre.
 GRID: dict[str, tuple[float, ...]] = {
-    "expansion": (0.5, 0.0, 0.25, 0.75, 1.0),
-    "mention": (0.6, 0.3, 0.8, 1.0),
+    "expansion": (0.5, 0.0, 1.0),
+    "mention": (0.6, 0.3, 1.0),
+    "law_votes": (0.0, 0.5, 1.0),
+    "chapter_votes": (0.0, 0.5, 1.0),
     "dense": (0.25, 0.5, 1.0, 0.0),
 }
 
