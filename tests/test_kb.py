@@ -516,3 +516,21 @@ def test_fit_takes_the_grid_best_and_tune_keeps_it(
     assert code == 0 and "held-out" in out and "KB as is" in out
     code, _, err = cli("kb", "eval", folder, path, "--folds", "1")
     assert code != 0 and "at least 2 folds" in err and "Traceback" not in err
+
+
+def test_hard_queries_give_results_or_a_clear_message(law_kb: KnowledgeBase, cli: Any) -> None:
+    simplified = [(c.law, c.article_num) for c in law_kb.search("同事借我钱不还怎么办", k=3)]
+    # Traditional characters read as the simplified statutes.
+    assert [
+        (c.law, c.article_num) for c in law_kb.search("同事借我錢不還怎麼辦", k=3)
+    ] == simplified
+    assert law_kb.search("民法典第５８６条", k=1)[0].via == "cited"  # full-width digits
+    assert law_kb.search("my friend 借钱不还 what now", k=1)[0].article_num == 675
+    assert law_kb.search("的了吗？？！！", k=5) == []  # only function words and punctuation
+    for query, message in (("   ", "empty query"), ("借" * 10_000, "at most 2000")):
+        with pytest.raises(DomainLMError, match=message):
+            law_kb.search(query)
+    code, out, err = cli("kb", "search", law_kb.folder, "的了吗")
+    assert code == 0 and "none of its words is in the knowledge base" in out
+    code, _, err = cli("kb", "search", law_kb.folder, "借" * 10_000)
+    assert code != 0 and "at most 2000" in err and "Traceback" not in err

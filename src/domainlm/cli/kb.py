@@ -165,7 +165,10 @@ def search(
             out.print(json.dumps(record, ensure_ascii=False), markup=False, highlight=False)
         return
     if not hits:
-        out.print("no results", markup=False)
+        known = kb.index.known(kb.tokenizer.tokens(query))
+        why = ("" if known else ": none of its words is in the knowledge base (only function "
+               "words, punctuation, or words no text here uses)")  # fmt: skip
+        out.print(f"no results{why}", markup=False)
     for rank, hit in enumerate(hits, 1):
         status = f" [{hit.status}]" if hit.status and not hit.is_current else ""
         out.print(f"{rank}. {hit.citation}{status}  ({hit.via})", markup=False, style="bold")

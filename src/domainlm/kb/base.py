@@ -138,6 +138,8 @@ class KnowledgeBase:
             raise DomainLMError("empty query")
         if len(query) > MAX_QUERY_CHARS:
             raise DomainLMError(f"query of {len(query)} characters (at most {MAX_QUERY_CHARS})")
+        # Traditional characters, full-width digits and letters read as the statutes write.
+        query = cite.normalise(query)
         wanted_law = None
         if law is not None:
             wanted_law = self.laws.resolve(law)
