@@ -371,13 +371,14 @@ def tune(
     for what the fitted ranking gives on questions it was not fitted on)."""
     from domainlm.kb.evaluate import read_qrels
     from domainlm.kb.ranking import fit
+    from domainlm.kb.ranking import knobs as fitted
 
     kb = _open(kb_dir)
     items = read_qrels(qrels)
     kb.search(items[0].query)
     with _Bar() as bar:
         ranking, result = fit(kb, items, lambda done, total: bar("fit", done, total))
-    knobs = " ".join(f"{k}={v:g}" for k, v in ranking.model_dump().items())
+    knobs = " ".join(f"{k}={getattr(ranking, k):g}" for k in fitted(kb))
     numbers = ", ".join(f"{label} {result[m]:.3f}" for m, label in _METRICS.items())
     out.print(f"fitted ranking: {knobs}", markup=False)
     out.print(

@@ -32,7 +32,7 @@ from domainlm.io import atomic_write
 from domainlm.kb import citations as cite
 from domainlm.kb import history, verdicts
 from domainlm.kb.dense import DENSE_FILE, RERANK_DEPTH, Encoder, Reranker, embed_all, fuse
-from domainlm.kb.index import Bm25Index
+from domainlm.kb.index import CHARS_DIR, Bm25Index
 from domainlm.kb.laws import PREFIX, LawNames
 from domainlm.kb.numerals import NUMERAL, article_label
 from domainlm.kb.ranking import Ranking
@@ -46,10 +46,10 @@ from domainlm.kb.sources import (
     source_name,
 )
 from domainlm.kb.store import STORE_FILE, Chunk, Store
-from domainlm.kb.text import Tokenizer, synonyms
+from domainlm.kb.text import Tokenizer, char_bigrams, synonyms
 
 MANIFEST = "kb.json"
-FORMAT = 2  # 2: articles 之N have their own identity; repeal and amendment tables
+FORMAT = 3  # 2: articles 之N have their own identity; repeal and amendment tables; 3: chars
 MAX_QUERY_CHARS = 2000
 #: Agreement votes (`Ranking.law_votes`/`chapter_votes`): the first-stage candidates that
 #: are re-scored, and the top ones whose laws and chapters vote.
@@ -66,10 +66,18 @@ def _quiet(stage: str, done: int, total: int) -> None:
 class KnowledgeBase:
     """An opened KB folder."""
 
-    def __init__(self, folder: Path, store: Store, index: Bm25Index, manifest: dict[str, Any]):
+    def __init__(
+        self,
+        folder: Path,
+        store: Store,
+        index: Bm25Index,
+        chars: Bm25Index,
+        manifest: dict[str, Any],
+    ):
         self.folder = folder
         self.store = store
-        self.index = index
+        self.index = index  # words
+        self.chars = chars  # character pairs, same rows
         self.manifest = manifest
         self.laws = LawNames(manifest.get("laws", []), manifest.get("repealed", []))
         self.law_of_row = np.load(folder / "laws.npy")
@@ -90,7 +98,9 @@ class KnowledgeBase:
         folder = Path(folder)
         manifest = read_manifest(folder)
         store = Store(folder / STORE_FILE)
-        return cls(folder, store, Bm25Index.load(folder), manifest)
+        return cls(
+            folder, store, Bm25Index.load(folder), Bm25Index.load(folder, CHARS_DIR), manifest
+        )
 
     @property
     def ranking(self) -> Ranking:
@@ -220,15 +230,17 @@ class KnowledgeBase:
     def _scores(
         self, query: str, wanted_law: str | None, current_only: bool, ranking: Ranking
     ) -> np.ndarray:
-        terms = self.tokenizer.tokens(_REFERENCE.sub(" ", query))
-        weighted: dict[str, float] = {}
-        for term in terms:
-            weighted[term] = weighted.get(term, 0.0) + 1.0
-        for word, expansions in synonyms().items():
-            if all(part in query for part in word.split("+")):
-                for term in expansions:
-                    weighted.setdefault(term, ranking.expansion)
-        scores = self.index.scores(weighted)
+        text = _REFERENCE.sub(" ", query)
+        terms = self._terms(query, ranking)
+        scores = _share(self.index.scores(terms), self.index.ceiling(terms))
+        if ranking.chars:
+            pairs: dict[str, float] = {}
+            for pair in char_bigrams(text):
+                pairs[pair] = pairs.get(pair, 0.0) + 1.0
+            pairs = self.chars.specific(pairs, ranking.specific, self.tokenizer.general_share)
+            scores = scores + ranking.chars * _share(
+                self.chars.scores(pairs), self.chars.ceiling(pairs)
+            )
         mask = self.index.current if current_only else np.ones_like(scores)
         if self.dense is not None:
             query_vector = self.encoder.encode([query])[0]
@@ -241,6 +253,30 @@ class KnowledgeBase:
             in_named = np.isin(self.law_of_row, law_ids)
             scores = scores * np.where(in_named, 1.0, 0.0 if wanted_law else ranking.mention)
         return scores
+
+    def _terms(self, query: str, ranking: Ranking) -> dict[str, float]:
+        """The weighted word terms of `query`.
+
+        Each word counts 1. The shorter words jieba's search mode finds inside it count
+        `ranking.parts` when the statutes use the word itself (个人独资企业 is in the index, so
+        个人, 独资 and 企业 would only count it again, and 承担责任's 承担, 责任 and 担责任
+        would make one phrase outweigh the rest of the question) and 1 when they do not
+        (借钱 is not a statute word: 借 and 钱 are what there is to match). The question's
+        own terms are scaled by their specificity to the corpus (`Bm25Index.specific`);
+        terms of the synonym file, statute terms by design, come in at `ranking.expansion`.
+        """
+        weighted: dict[str, float] = {}
+        for word, parts in self.tokenizer.words(_REFERENCE.sub(" ", query)):
+            weighted[word] = weighted.get(word, 0.0) + 1.0
+            share = ranking.parts if word in self.index.vocab else 1.0
+            for part in parts:
+                weighted[part] = weighted.get(part, 0.0) + share
+        weighted = self.index.specific(weighted, ranking.specific, self.tokenizer.general_share)
+        for word, expansions in synonyms().items():
+            if all(part in query for part in word.split("+")):
+                for term in expansions:
+                    weighted.setdefault(term, ranking.expansion)
+        return {term: weight for term, weight in weighted.items() if weight > 0}
 
     def get(self, law: str, number: int, sub: int = 0) -> list[Chunk]:
         """Every version of article `number` (之`sub`) of `law` (current first).
@@ -287,6 +323,11 @@ class KnowledgeBase:
         stats["index_rows"] = len(self.index.rows)
         stats["skipped"] = self.manifest.get("skipped", [])
         return stats
+
+
+def _share(scores: np.ndarray, ceiling: float) -> np.ndarray:
+    """`scores` as shares of the query's `ceiling` (`Bm25Index.ceiling`)."""
+    return scores / ceiling if ceiling > 0 else scores
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -527,10 +568,19 @@ def _finish(
     law_of = {
         cid: law_index.get(law, -1) for cid, law in store.conn.execute("SELECT id, law FROM chunks")
     }
+    general = _worker_tokenizer(words).general_share
     index = Bm25Index.build(
-        [r[0] for r in rows], [r[1].split() for r in rows], [r[2] for r in rows]
+        [r[0] for r in rows], [r[1].split() for r in rows], [r[2] for r in rows], general
     )
     index.save(staging)
+    texts = dict(store.indexed_texts())
+    chars = Bm25Index.build(
+        [r[0] for r in rows],
+        [char_bigrams(_REFERENCE.sub(" ", texts[r[0]])) for r in rows],
+        [r[2] for r in rows],
+        general,
+    )
+    chars.save(staging, CHARS_DIR)
     np.save(staging / "laws.npy", np.asarray([law_of[r[0]] for r in rows], dtype=np.int32))
     if encoder is not None:
         texts = dict(store.conn.execute("SELECT id, coalesce(heading, '') || text FROM chunks"))

@@ -43,6 +43,12 @@ CREATE TABLE IF NOT EXISTS amendments (
 CREATE INDEX IF NOT EXISTS amendments_article ON amendments(law, article_num, article_sub);
 """
 
+#: What a chunk's index rows read: its place in the statute (or document) and its text.
+_INDEXED = (
+    "coalesce(law, '') || ' ' || coalesce(chapter, '') || ' ' || coalesce(section, '') "
+    "|| ' ' || coalesce(heading, '') || ' ' || text"
+)
+
 #: Article numbers at or past this bound name no article (and never reach SQLite).
 MAX_ARTICLE = 100_000
 
@@ -170,12 +176,13 @@ class Store:
     def untokenized(self) -> list[tuple[int, str]]:
         return [
             (r[0], r[1])
-            for r in self.conn.execute(
-                "SELECT id, coalesce(law, '') || ' ' || coalesce(chapter, '') || ' ' || "
-                "coalesce(section, '') || ' ' || coalesce(heading, '') || ' ' || text "
-                "FROM chunks WHERE tokens IS NULL"
-            )
+            for r in self.conn.execute(f"SELECT id, {_INDEXED} FROM chunks WHERE tokens IS NULL")
         ]
+
+    def indexed_texts(self) -> Iterator[tuple[int, str]]:
+        """(chunk id, the text its index rows read: law, chapter, section, heading and
+        text) in id order."""
+        yield from self.conn.execute(f"SELECT id, {_INDEXED} FROM chunks ORDER BY id")
 
     def set_tokens(self, rows: Iterable[tuple[str, int]]) -> None:
         self.conn.executemany("UPDATE chunks SET tokens = ? WHERE id = ?", rows)

@@ -20,6 +20,8 @@ STOPWORDS = frozenset(
     ).split()
 )
 _KEEP = re.compile(r"[\w\u4e00-\u9fff]")
+_RUNS = re.compile(r"[\u4e00-\u9fff]+|[A-Za-z0-9]+")
+_HAN = re.compile(r"[\u4e00-\u9fff]")
 _SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|\n+")
 _LEGAL_TERMS = "legal_terms.txt"
 
@@ -54,8 +56,19 @@ class Tokenizer:
         jieba.setLogLevel(logging.WARNING)
         self._jieba = jieba.Tokenizer()
         self._jieba.initialize()
-        for word in [*legal_terms(), *user_words]:
+        words = [*legal_terms(), *user_words]
+        # jieba's dictionary counts words in general Chinese text: kept before the user
+        # words' own counts replace theirs, for `general_share`.
+        self._general_total = float(self._jieba.total)
+        self._general = {word: self._jieba.FREQ.get(word, 0) for word in words}
+        for word in words:
             self._jieba.add_word(word, freq=2000)
+
+    def general_share(self, term: str) -> float:
+        """How often `term` occurs in general Chinese (jieba's dictionary counts, add-half
+        smoothed): the other side of a term's specificity to a corpus."""
+        count = self._general.get(term, self._jieba.FREQ.get(term, 0))
+        return (count + 0.5) / self._general_total
 
     def tokens(self, text: str) -> list[str]:
         return [
@@ -63,6 +76,35 @@ class Tokenizer:
             for token in self._jieba.cut_for_search(text)
             if token.strip() and _KEEP.search(token) and token not in STOPWORDS
         ]
+
+    def words(self, text: str) -> list[tuple[str, list[str]]]:
+        """Per word of `text` (jieba's accurate mode): the word and the shorter words
+        search mode also gives for it (个人独资企业: 个人, 独资, 企业). `tokens` is every
+        word followed by its parts; a query weighs the parts apart from the word."""
+        out = []
+        for word in self._jieba.cut(text):
+            word = word.strip().lower()
+            if not word or not _KEEP.search(word) or word in STOPWORDS:
+                continue
+            parts = [t for t in self.tokens(word) if t != word]
+            out.append((word, parts))
+        return out
+
+
+def char_bigrams(text: str) -> list[str]:
+    """Overlapping character pairs of every run of Chinese characters (a lone character
+    stands for itself) and lower-cased runs of letters and digits: the second field of
+    the index, which matches phrasings jieba cuts differently in a question and in a
+    statute (未按规定 / 未按照规定, 无法偿还 / 不足以清偿)."""
+    out: list[str] = []
+    for run in _RUNS.findall(text):
+        if not _HAN.match(run):
+            out.append(run.lower())
+        elif len(run) == 1:
+            out.append(run)
+        else:
+            out.extend(run[i : i + 2] for i in range(len(run) - 1))
+    return out
 
 
 def sentences(text: str) -> list[str]:
