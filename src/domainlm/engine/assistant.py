@@ -31,6 +31,7 @@ from domainlm.engine.generation import Engine, Request, Sampling
 from domainlm.engine.local import LocalEngine
 from domainlm.engine.router import Router
 from domainlm.errors import DomainLMError, ToolCallParseError
+from domainlm.kb.base import MAX_QUERY_CHARS
 from domainlm.kb.citations import Citation
 from domainlm.kb.store import Chunk
 from domainlm.kb.verdicts import CURRENT
@@ -288,7 +289,9 @@ class Assistant:
 
     def _articles(self, kept: list[Chunk], text: str) -> list[Chunk]:
         """Retrieve for `text`; a follow-up on the same topic keeps the earlier articles."""
-        found = self.kb.search(text, k=self.top_k)
+        # A question pasted after a long text is searched by its end (the KB takes
+        # MAX_QUERY_CHARS: a whole contract would be refused, not answered).
+        found = self.kb.search(text[-MAX_QUERY_CHARS:], k=self.top_k)
         if not kept:
             return found
         kept_ids = {c.id for c in kept}

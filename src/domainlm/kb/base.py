@@ -134,11 +134,15 @@ class KnowledgeBase:
         k: int = 5,
         current_only: bool = True,
         law: str | None = None,
-        reranker: Reranker | None = None,
+        reranker: Reranker | Any = None,
         ranking: Ranking | None = None,
+        rewriter: Any = None,
     ) -> list[Chunk]:
         """The `k` chunks that best answer `query`: articles the query cites first, then BM25
         (fused with the dense ranking in a dense KB) as `ranking` (the KB's own) weighs it.
+        A `rewriter` (`kb.assisted.ModelRewriter`) adds the scores of the statute words a
+        model writes for the query; a `reranker` (a cross-encoder or `ModelReranker`)
+        re-scores the top `RERANK_DEPTH`.
 
         Raises:
             DomainLMError: for an empty or over-long query, or an unknown `law`.
@@ -158,6 +162,10 @@ class KnowledgeBase:
         direct = self._direct(query, wanted_law)
         ranking = ranking or self.ranking
         scores = self._scores(query, wanted_law, current_only, ranking)
+        if rewriter is not None:
+            rewritten = cite.normalise(rewriter.rewrite([query])[0])
+            if rewritten:
+                scores = scores + self._scores(rewritten, wanted_law, current_only, ranking)
         if ranking.law_votes or ranking.chapter_votes:
             scores = self._votes(scores, ranking)
         exclude = {c.id for c in direct}

@@ -10,7 +10,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +79,70 @@ def evaluate(
         "latency_ms_p95": latencies[min(n - 1, round(0.95 * (n - 1)))],
         "misses": misses,
     }
+
+
+#: The fields `qrels_from_answers` reads when none are named.
+QUESTION_FIELDS = ("question", "query", "instruction", "input", "prompt")
+ANSWER_FIELDS = ("answer", "reply", "output", "response")
+
+
+@dataclass
+class AnswerQrels:
+    """What `qrels_from_answers` made of a Q&A file."""
+
+    rows: list[dict[str, Any]]
+    records: int = 0
+    without_citation: int = 0
+    #: Citations not kept, by verdict (an article whose quoted text is another's, a law
+    #: repealed, an article that does not exist, a law the KB does not hold).
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def qrels_from_answers(
+    kb: Any,
+    path: Path,
+    question: str | None = None,
+    answer: str | None = None,
+) -> AnswerQrels:
+    """Qrels from Q&A whose answers cite the statute that settles them ("法律依据：《民法典》
+    第六百七十五条…"): each question, with the articles its answer cites that the KB finds
+    current and, where the answer quotes them, quoted right (a citation whose text is
+    another article's, or of a repealed law, says nothing about where the answer is).
+
+    Raises:
+        DomainLMError: for an unreadable record or one without the fields.
+    """
+    from domainlm.data.records import read_records
+
+    questions = (question,) if question else QUESTION_FIELDS
+    answers = (answer,) if answer else ANSWER_FIELDS
+    report = AnswerQrels(rows=[])
+    for record in read_records(path):
+        if record.error is not None:
+            raise record.error
+        data = record.data if isinstance(record.data, dict) else {}
+        asked = next((data[f] for f in questions if isinstance(data.get(f), str)), None)
+        said = next((data[f] for f in answers if isinstance(data.get(f), str)), None)
+        if asked is None or said is None:
+            raise DomainLMError(
+                f"{record.where}: needs a question ({', '.join(questions)}) and an answer "
+                f"({', '.join(answers)}) text field"
+            )
+        report.records += 1
+        relevant: dict[tuple[str, int], None] = {}
+        for citation in kb.verify(said, suggest=False):
+            if citation.verdict == "current" and citation.law and citation.article:
+                relevant[(citation.law, citation.article)] = None
+            else:
+                report.dropped[citation.verdict] = report.dropped.get(citation.verdict, 0) + 1
+        if not relevant or not asked.strip():
+            report.without_citation += 1
+            continue
+        report.rows.append({
+            "id": record.where,
+            "query": asked.strip(),
+            "relevant": [{"law": law, "article_no": number} for law, number in relevant],
+        })  # fmt: skip
+    if not report.records:
+        raise DomainLMError(f"{path}: no records")
+    return report

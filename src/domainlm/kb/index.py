@@ -64,7 +64,7 @@ class Bm25Index:
         for row in tokens:
             counts.update(row)
             rows_with.update(set(row))
-        vocab: dict[str, int] = dict(retriever.vocab_dict)  # type: ignore[attr-defined]
+        vocab: dict[str, int] = dict(retriever.vocab_dict)
         specificity = np.ones(len(vocab), dtype=np.float32)
         idf = np.zeros(len(vocab), dtype=np.float32)
         total, n = max(1, sum(counts.values())), len(tokens)

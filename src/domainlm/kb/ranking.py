@@ -92,9 +92,18 @@ GRID: dict[str, tuple[float, ...]] = {
 Searcher = Callable[[str, int], list[tuple[str | None, int | None]]]
 
 
-def searcher(kb: KnowledgeBase, ranking: Ranking, current_only: bool = True) -> Searcher:
+def searcher(
+    kb: KnowledgeBase,
+    ranking: Ranking,
+    current_only: bool = True,
+    reranker: Any = None,
+    rewriter: Any = None,
+) -> Searcher:
     def search(query: str, k: int) -> list[tuple[str | None, int | None]]:
-        hits = kb.search(query, k, current_only=current_only, ranking=ranking)
+        hits = kb.search(
+            query, k, current_only=current_only, ranking=ranking, reranker=reranker,
+            rewriter=rewriter,
+        )  # fmt: skip
         return [(c.law, c.article_num) for c in hits]
 
     return search

@@ -101,9 +101,12 @@ def char_bigrams(text: str) -> list[str]:
         if not _HAN.match(run):
             out.append(run.lower())
         elif len(run) == 1:
-            out.append(run)
+            if run not in STOPWORDS:
+                out.append(run)
         else:
-            out.extend(run[i : i + 2] for i in range(len(run) - 1))
+            pairs = (run[i : i + 2] for i in range(len(run) - 1))
+            # A pair of two function characters (的了, 了吗) says nothing of the topic.
+            out.extend(p for p in pairs if not (p[0] in STOPWORDS and p[1] in STOPWORDS))
     return out
 
 
