@@ -49,6 +49,7 @@ SHOWS = {
     "domainlm kb get lawkb": "醉酒驾驶机动车",
     "domainlm kb search lawkb": "借款",
     "domainlm kb verify lawkb answer.txt": "current",
+    "domainlm kb qrels lawkb": "questions",
     "domainlm data stats": "conversations",
 }
 

@@ -24,6 +24,8 @@ _RUNS = re.compile(r"[\u4e00-\u9fff]+|[A-Za-z0-9]+")
 _HAN = re.compile(r"[\u4e00-\u9fff]")
 _SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|\n+")
 _LEGAL_TERMS = "legal_terms.txt"
+#: Query length past which `Tokenizer.words` cuts without jieba's HMM.
+LONG_TEXT = 500
 
 
 def legal_terms() -> list[str]:
@@ -80,16 +82,31 @@ class Tokenizer:
     def words(self, text: str) -> list[tuple[str, list[str]]]:
         """Per word of `text` (jieba's accurate mode): the word and the shorter words
         search mode also gives for it (个人独资企业: 个人, 独资, 企业). `tokens` is every
-        word followed by its parts; a query weighs the parts apart from the word."""
+        word followed by its parts; a query weighs the parts apart from the word.
+
+        Past `LONG_TEXT` characters jieba's HMM (new words from runs of single characters)
+        is off: it costs ~20 ms per thousand characters of such runs, and a long pasted
+        text has its topic words in the dictionary anyway.
+        """
         out = []
-        for word in self._jieba.cut(text):
+        for word in self._jieba.cut(text, HMM=len(text) <= LONG_TEXT):
             word = word.strip().lower()
             if not word or not _KEEP.search(word) or word in STOPWORDS:
                 continue
-            parts = [t for t in self.tokens(word) if t != word]
-            out.append((word, parts))
+            out.append((word, self._parts(word)))
         return out
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one per KB; words repeat)
+    def _parts(self, word: str) -> list[str]:
+        """The dictionary words of 2 and 3 characters inside `word`, as jieba's search
+        mode finds them (it cuts the accurate mode's words the same way)."""
+        freq = self._jieba.FREQ
+        parts = []
+        for size in (2, 3):
+            if len(word) > size:
+                parts += [word[i : i + size] for i in range(len(word) - size + 1)
+                          if freq.get(word[i : i + size])]  # fmt: skip
+        return [p for p in parts if p not in STOPWORDS and _KEEP.search(p)]
 
 def char_bigrams(text: str) -> list[str]:
     """Overlapping character pairs of every run of Chinese characters (a lone character
