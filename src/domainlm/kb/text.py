@@ -108,6 +108,7 @@ class Tokenizer:
                           if freq.get(word[i : i + size])]  # fmt: skip
         return [p for p in parts if p not in STOPWORDS and _KEEP.search(p)]
 
+
 def char_bigrams(text: str) -> list[str]:
     """Overlapping character pairs of every run of Chinese characters (a lone character
     stands for itself) and lower-cased runs of letters and digits: the second field of
