@@ -7,7 +7,7 @@ import sys
 import typer
 
 from domainlm import __version__
-from domainlm.cli import chat, data, demo, engine, kb, serve, train
+from domainlm.cli import chat, data, demo, engine, kb, serve, synth, train
 from domainlm.cli.console import err
 from domainlm.cli.eval import eval_command
 from domainlm.errors import DomainLMError
@@ -30,6 +30,7 @@ app.command("chat")(chat.chat)
 app.command("vllm-command")(engine.vllm_command)
 app.command("serve")(serve.serve)
 app.command("eval")(eval_command)
+app.command("synth")(synth.synth)
 
 
 def _version(value: bool) -> None:

@@ -53,6 +53,15 @@ TOOLS_HEADER = (
 TOP_K, MAX_KEPT = 3, 6
 
 
+def with_articles(system: str, articles: list[Chunk]) -> str:
+    """The system prompt with the retrieved articles, as every reply renders them (synth's
+    retrieval-grounded rows use it too, so training and serving see one format)."""
+    if not articles:
+        return system
+    lines = [f"{i}. {a.citation}：{a.text}" for i, a in enumerate(articles, 1)]
+    return system + "\n\n" + ARTICLES_HEADER + "\n".join(lines)
+
+
 @dataclass
 class Session:
     """The state of one chat: messages so far, articles in use, the chosen expert."""
@@ -308,9 +317,7 @@ class Assistant:
         system = session.system or (
             (card.system_prompt if card and card.system_prompt else None) or DEFAULT_SYSTEM
         )
-        if session.articles:
-            lines = [f"{i}. {a.citation}：{a.text}" for i, a in enumerate(session.articles, 1)]
-            system += "\n\n" + ARTICLES_HEADER + "\n".join(lines)
+        system = with_articles(system, session.articles)
         tools: list[ToolSpec] = toolset.specs if toolset else []
         conversation = Conversation(
             messages=[Message(role="system", content=system), *session.messages], tools=tools
