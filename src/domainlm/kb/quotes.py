@@ -16,7 +16,8 @@ import re
 
 #: Text that follows a citation without quoting it: 《民法典》第586条规定，… / 的规定 / 、第587条
 _NOT_A_QUOTE = re.compile(r"^(?:的?规定|之规定|明确|中|的|之|第|[、，,。；;）)和或及也还]|以及|等)")
-_EXPLICIT = re.compile(r"^\s*[：:“\"「『]")
+#: A quote announced: "：" or an opening quotation mark, after 规定 or not (第586条规定：…).
+_EXPLICIT = re.compile(r"^\s*(?:的?规定|明确规定|规定如下)?\s*[：:“\"「『]")
 _WORD = re.compile(r"[\w\u4e00-\u9fff]")
 #: A quote shorter than this (in characters that count) is not judged.
 MIN_QUOTE = 15
@@ -28,6 +29,9 @@ def quoted_after(text: str, end: int, stop: int) -> str:
     segment = text[end:stop]
     if not _EXPLICIT.match(segment) and _NOT_A_QUOTE.match(segment.lstrip()):
         return ""
+    explicit = _EXPLICIT.match(segment)
+    if explicit:
+        segment = segment[explicit.end() :]
     segment = segment.lstrip(' \t：:“"「『')
     segment = re.split(r"\n\s*\n", segment, maxsplit=1)[0][:MAX_QUOTE]
     return segment if len(_WORD.findall(segment)) >= MIN_QUOTE else ""
