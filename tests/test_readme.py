@@ -31,6 +31,9 @@ NOT_HERE = {
     "make demo": "installs packages; the demo itself runs in test_project",
     "domainlm serve": "runs until stopped: test_serve serves the same app on 127.0.0.1",
     "curl ": "needs that server: test_serve sends the same requests with the openai client",
+    "domainlm synth": "needs a running teacher: test_synth runs every generator against a real "
+    "domainlm serve (tiny model) and a scripted endpoint on 127.0.0.1",
+    "smollm2_synth_law.yaml": "trains on a synth run's output: test_synth trains on one",
     "domainlm eval": "names your experts folder, make demo's KB or a running server: test_eval "
     "runs the shipped suites on the tiny model with an expert, locally and through a server",
 }

@@ -87,6 +87,39 @@ def test_every_generator_against_a_scripted_teacher(statute_kb: Any, tmp_path: P
     assert "## citations: examples" in (tmp_path / "out" / "report.md").read_text("utf-8")
 
 
+def test_synthesised_rows_train_as_they_are(
+    statute_kb: Any, tmp_path: Path, cli: Any, tokenizer: Any
+) -> None:
+    """data.jsonl is what `domainlm train` takes; tool traces render to ChatGLM3's turns."""
+    from domainlm.chat.conversation import Conversation
+    from domainlm.chat.formats import get_format
+
+    body = (
+        f"generators:\n  - {{type: statute_qa, laws: [民法典], limit: 3}}\n"
+        f"  - {{type: tool_use, topics: [复利终值], per_topic: 1}}\n"
+    )
+    with scripted_teacher() as (url, _):
+        recipe = load_synth_recipe(_recipe(tmp_path, statute_kb, url, body))
+        report = synthesise(recipe, tmp_path / "out")
+    assert report["kept"] == 7
+    rows = _rows(tmp_path / "out" / "data.jsonl")
+    traced = Conversation.from_record(next(r for r in rows if r["meta"]["type"] == "tool_use"))
+    rendered = get_format("chatglm3", tokenizer).render(traced)
+    text = tokenizer.decode(rendered.input_ids)
+    assert "<|observation|>" in text and "calculator" in text and "11576.25" in text
+    train = tmp_path / "train.yaml"
+    train.write_text(
+        "name: synth-law\nbase: {path: tiny, chat_format: hf}\n"
+        f"datasets: [{{path: {tmp_path / 'out' / 'data.jsonl'}}}]\n"
+        "lora: {r: 4, alpha: 8}\noptim: {max_steps: 2, batch_size: 2, max_seq_len: 512}\n"
+        f"output_dir: {tmp_path / 'experts'}\n",
+        encoding="utf-8",
+    )
+    code, _, err = cli("train", train, "-q")
+    assert code == 0, err
+    assert (tmp_path / "experts" / "synth-law" / "adapter_model.safetensors").is_file()
+
+
 def test_a_teacher_that_fails_is_retried_or_recorded_per_item(
     statute_kb: Any, tmp_path: Path
 ) -> None:
