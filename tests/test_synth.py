@@ -95,8 +95,8 @@ def test_synthesised_rows_train_as_they_are(
     from domainlm.chat.formats import get_format
 
     body = (
-        f"generators:\n  - {{type: statute_qa, laws: [民法典], limit: 3}}\n"
-        f"  - {{type: tool_use, topics: [复利终值], per_topic: 1}}\n"
+        "generators:\n  - {type: statute_qa, laws: [民法典], limit: 3}\n"
+        "  - {type: tool_use, topics: [复利终值], per_topic: 1}\n"
     )
     with scripted_teacher() as (url, _):
         recipe = load_synth_recipe(_recipe(tmp_path, statute_kb, url, body))
