@@ -120,6 +120,31 @@ def test_synthesised_rows_train_as_they_are(
     assert (tmp_path / "experts" / "synth-law" / "adapter_model.safetensors").is_file()
 
 
+def test_statute_qa_of_repealed_law_and_document_qa_from_a_kb(
+    statute_kb: Any, tmp_path: Path, cli: Any
+) -> None:
+    """Articles no longer in force are recited with their status (not dropped as repealed
+    citations); documents may come from a KB of their own."""
+    assert cli("kb", "build", tmp_path / "docskb", "--source", DOCS)[0] == 0
+    body = (
+        "generators:\n  - {type: statute_qa, laws: [乡镇企业法], limit: 3, past_versions: true, "
+        "reverse: false}\n"
+        f"  - {{type: document_qa, documents: {tmp_path / 'docskb'}, limit: 2}}\n"
+    )
+    with scripted_teacher() as (url, _):
+        report = synthesise(load_synth_recipe(_recipe(tmp_path, statute_kb, url, body)),
+                            tmp_path / "out")  # fmt: skip
+    assert report["generators"]["statute_qa"] == {"items": 3, "rows": 3, "kept": 3}
+    rows = _rows(tmp_path / "out" / "data.jsonl")
+    recited = [r for r in rows if r["meta"]["type"] == "statute_qa"]
+    assert all("已废止" in r["messages"][-1]["content"] for r in recited)
+    assert (
+        report["citations"]["verdicts"] == {} or "repealed" not in report["citations"]["verdicts"]
+    )
+    documents = [r for r in rows if r["meta"]["type"] == "document_qa"]
+    assert documents and all(isinstance(r["meta"]["source"]["chunk"], int) for r in documents)
+
+
 def test_a_teacher_that_fails_is_retried_or_recorded_per_item(
     statute_kb: Any, tmp_path: Path
 ) -> None:
@@ -239,6 +264,7 @@ def test_every_generator_against_a_real_domainlm_server(statute_kb: Any, tmp_pat
         ("generators:\n  - {type: self_chat, topics: []}\n", "no topics"),
         ("generators:\n  - {type: grounded, questions_file: EMPTY}\n", "is empty"),
         ("generators:\n  - {type: statute_qa, laws: [不存在法]}\n", "not in the KB"),
+        ("generators:\n  - {type: statute_qa, laws: [合同法]}\n", "only from the clause that"),
         ("generators:\n  - {type: document_qa, documents: EMPTYDIR}\n", "no documents"),
     ],
 )  # fmt: skip

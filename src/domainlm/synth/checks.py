@@ -139,8 +139,10 @@ def check_citations(
     if kb is None:
         return item, ""
     fixed = copy.deepcopy(item) if checks.citations == "repair" else item
+    known = {tuple(k) for k in item.get("known", [])}
     for message in _answers(fixed):
-        citations = kb.verify(message["content"])
+        citations = [c for c in kb.verify(message["content"])
+                     if (c.law, c.article, c.sub) not in known]  # fmt: skip
         tally.verdicts.update(c.verdict for c in citations)
         bad = [c for c in citations if c.verdict in _BAD]
         if checks.unknown_laws == "drop":

@@ -53,16 +53,21 @@ def row(
     tools: list[dict[str, Any]] | None = None,
     flags: dict[str, str] | None = None,
     dedup: str | None = None,
+    known: list[list[Any]] | None = None,
 ) -> dict[str, Any]:
     """A made row; `dedup` is the text near-duplicates are found by, where the row's own
-    text would mislead (two questions about one passage both hold the passage)."""
+    text would mislead (two questions about one passage both hold the passage); `known`
+    are the [law, article, sub] the row cites knowing their status (a repealed article
+    recited as repealed), which the citation check lets pass."""
     record: dict[str, Any] = {"messages": messages}
     if tools:
         record["tools"] = tools
     record["meta"] = meta
-    made = {"record": record, "source": source, "flags": flags or {}}
+    made: dict[str, Any] = {"record": record, "source": source, "flags": flags or {}}
     if dedup is not None:
         made["dedup"] = dedup
+    if known:
+        made["known"] = known
     return made
 
 
@@ -85,10 +90,16 @@ def _provenance(ctx: Context, spec: Any, item: Item, template: str, **source: An
 # -- statute Q&A, no teacher ---------------------------------------------------------------
 def _laws(ctx: Context, names: list[str]) -> list[str]:
     resolved = []
+    held = set(ctx.kb.store.law_names()) if names else set()
     for name in names:
         law = ctx.kb.laws.resolve(name)
         if law is None:
             raise DomainLMError(f"law {name!r}: not in the KB {ctx.kb.folder}")
+        if law not in held:
+            raise DomainLMError(
+                f"law {name!r}: the KB {ctx.kb.folder} knows {law} only from the clause that "
+                "repealed it (it holds none of its articles)"
+            )
         resolved.append(law)
     return resolved
 
@@ -158,7 +169,9 @@ class StatuteGenerator:
         )
         meta = _provenance(ctx, self.spec, item, f"statute_{way}.v1", chunk_id=chunk.id,
                            citation=chunk.citation, status=chunk.status)  # fmt: skip
-        return [row(messages, meta)]
+        # An article no longer in force, recited with that status, is not a bad citation.
+        known = None if chunk.is_current else [[chunk.law, chunk.article_num, chunk.article_sub]]
+        return [row(messages, meta, known=known)]
 
     @staticmethod
     def _shared(ctx: Context, text: str) -> bool:
