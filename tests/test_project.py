@@ -8,6 +8,8 @@ import pkgutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import domainlm
 from domainlm.chat import Conversation
 from domainlm.chat.formats import get_format
@@ -110,3 +112,15 @@ def test_rendered_labels_train_the_tiny_model(tokenizer: Any, tiny_model: Any) -
     labels_fewer[0, labels_fewer[0].ne(-100).nonzero()[0]] = -100
     assert tiny_model(input_ids=ids, labels=labels_fewer).loss.item() != loss.item()
     assert sum(p.numel() for p in tiny_model.parameters()) < 500_000
+
+
+def test_demo_law_suite_finds_its_kb_from_a_relative_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make demo` runs `domainlm demo` with the relative demo-out/: the suite's KB
+    override must not be read against the suite's own folder."""
+    from domainlm.cli.demo_eval import _kb_overrides
+
+    monkeypatch.chdir(tmp_path)
+    overrides = _kb_overrides(Path("demo-out")).split()
+    assert overrides == [f"tasks.{i}.kb={tmp_path / 'demo-out' / 'lawkb'}" for i in (1, 2)]

@@ -57,7 +57,9 @@ def evaluate_expert(model: str, output: Path, kb: Any) -> None:
 
 
 def _kb_overrides(output: Path) -> str:
-    return f" tasks.1.kb={output / 'lawkb'} tasks.2.kb={output / 'lawkb'}"
+    # Absolute: a relative override would be read against the suite's folder.
+    kb = output.resolve() / "lawkb"
+    return f" tasks.1.kb={kb} tasks.2.kb={kb}"
 
 
 def _train(model: str, output: Path, experts: Path) -> Path:
