@@ -336,17 +336,20 @@ def test_checks_remove_what_they_should_and_count_it(statute_kb: Any) -> None:
         _made("抱歉，作为一个AI，我无法回答这个问题。"),
         _made("依据《中华人民共和国民法典》第九千条，应当赔偿。", "能赔吗？"),
         _made(quoted_587, "定金怎么规定？"),
+        _made("说说何可能说？" * 20, "怎么说？"),  # a degenerate loop
+        _made("好的。请写出你作为咨询者的下一句话，我来回答借款的事。", "借款？"),  # the prompt
     ]
     kept, tally, rejected = apply_checks(items, Checks(citations="repair"), statute_kb)
     assert dict(tally.removed) == {"dedup": 1, "grounding": 1, "length": 1, "language": 1,
-                                   "refusal": 1, "citations": 1}  # fmt: skip
+                                   "refusal": 1, "citations": 1, "repetition": 1,
+                                   "prompt_echo": 1}  # fmt: skip
     assert _make_english["record"] in [{k: v for k, v in r.items() if k != "rejected"}
                                        for r in rejected]  # fmt: skip
     assert len(kept) == 2 and tally.repaired == 1
     repaired = kept[1]["record"]["messages"][-1]["content"]
-    assert repaired.startswith("《民法典》第五百八十六条规定") and items[-1]["record"]["messages"][
-        -1
-    ]["content"].startswith("《民法典》第五百八十七条")  # the original is left as it was
+    assert repaired.startswith("《民法典》第五百八十六条规定")
+    original = items[7]["record"]["messages"][-1]["content"]
+    assert original.startswith("《民法典》第五百八十七条")  # the row itself is left as it was
     dropped, tally, _ = apply_checks([_made(quoted_587, "定金？")], Checks(), statute_kb)
     assert not dropped and tally.removed["citations"] == 1
     kept, _, _ = apply_checks([_made(quoted_587, "定金？")], Checks(citations="keep"), statute_kb)

@@ -2,7 +2,8 @@
 
 1. flags set while generating (a tool result that differs, a judge's "not supported", a
    grounded answer citing an unrelated article that was mixed into its prompt);
-2. length, 3. language, 4. refusals of the assistant turns;
+2. length, repetition (a degenerate loop), an echo of the teacher's own instructions,
+   language and refusals of the generated turns;
 5. grounding: an answer made from a source passage shares at least `min_overlap` of its
    character pairs (words, for Latin text) with the passage;
 6. citations: every statute citation in an assistant turn is verified against the KB;
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -28,15 +30,9 @@ from domainlm.kb.text import char_bigrams
 from domainlm.synth.recipe import Checks
 
 FILTERS = (
-    "tool_results",
-    "distractor",
-    "grounding",
-    "length",
-    "language",
-    "refusal",
-    "citations",
-    "dedup",
-)
+    "tool_results", "distractor", "length", "repetition", "prompt_echo", "language", "refusal",
+    "grounding", "citations", "dedup",
+)  # fmt: skip
 EXAMPLES = 3
 _CJK = re.compile(r"[\u3400-\u9fff]")
 _LATIN = re.compile(r"[A-Za-z]")
@@ -106,14 +102,66 @@ def overlap(answer: str, source: str) -> float:
     return len(grams & known) / len(grams) if grams else 1.0
 
 
+def repetition(text: str, size: int = 4) -> float:
+    """Share of a text's character `size`-grams that repeat an earlier one (Gopher's
+    repeated n-gram heuristic on characters, which Chinese needs)."""
+    text = "".join(text.split())
+    grams = [text[i : i + size] for i in range(len(text) - size + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+#: Characters of a prompt phrase that, found in a generated turn, make it an echo.
+ECHO_CHARS = 8
+
+
+@functools.cache
+def _instructions() -> frozenset[str]:
+    """Every ECHO_CHARS-character window of the fixed phrases of the teacher's prompts
+    (the text between fields and sentence marks), which no generated turn should repeat."""
+    from domainlm.engine.assistant import ARTICLES_HEADER
+    from domainlm.synth.prompts import PROMPTS
+
+    windows: set[str] = set()
+    for template in [*PROMPTS.values(), ARTICLES_HEADER]:
+        for part in re.split(r"\{[^{}]*\}|[。；！？\n：:“”\"]", template):
+            part = part.strip()
+            if len(_CJK.findall(part)) >= ECHO_CHARS:
+                windows.update(part[i : i + ECHO_CHARS] for i in range(len(part) - ECHO_CHARS + 1))
+    return frozenset(windows)
+
+
+def echo_of_prompt(text: str) -> str | None:
+    """A piece of the teacher's instructions repeated in `text`, or None."""
+    known = _instructions()
+    return next(
+        (text[i : i + ECHO_CHARS] for i in range(len(text) - ECHO_CHARS + 1)
+         if text[i : i + ECHO_CHARS] in known),
+        None,
+    )  # fmt: skip
+
+
+def _generated(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The turns the teacher wrote: the answers, and the user turns of self-chat and of
+    questions the teacher wrote from an article."""
+    meta = item["record"]["meta"]
+    asked = meta.get("type") == "self_chat" or (meta.get("source") or {}).get("article")
+    return [m for m in item["record"]["messages"] if m["content"] and (
+        m["role"] == "assistant" or (asked and m["role"] == "user"))]  # fmt: skip
+
+
 def _text_reason(checks: Checks, item: dict[str, Any]) -> tuple[str, str] | None:
-    answers = _answers(item)
-    if not answers:
+    if not _answers(item):
         return "length", "no answer"
-    for message in answers:
+    for message in _generated(item):
         text = message["content"]
-        if not checks.min_chars <= len(text) <= checks.max_chars:
+        if message["role"] == "assistant" and not checks.min_chars <= len(text) <= checks.max_chars:
             return "length", f"{len(text)} characters (kept: {checks.min_chars}-{checks.max_chars})"
+        share = repetition(text)
+        if len(text) >= 100 and share > checks.max_repetition:
+            return "repetition", f"{share:.0%} of its 4-grams repeat: {_excerpt(text, 60)}"
+        echo = echo_of_prompt(text) if checks.prompt_echo else None
+        if echo:
+            return "prompt_echo", f"repeats the prompt's {echo!r}"
         if checks.language != "any" and language_of(text) not in (checks.language, "any"):
             return "language", f"the answer is in {language_of(text)}: {_excerpt(text, 60)}"
         found = _REFUSAL.search(text) if checks.refusals else None

@@ -171,7 +171,8 @@ class StatuteGenerator:
                            citation=chunk.citation, status=chunk.status)  # fmt: skip
         # An article no longer in force, recited with that status, is not a bad citation.
         known = None if chunk.is_current else [[chunk.law, chunk.article_num, chunk.article_sub]]
-        return [row(messages, meta, known=known)]
+        # Forward and reverse pairs of one article share its text but are different tasks.
+        return [row(messages, meta, dedup=item.key, known=known)]
 
     @staticmethod
     def _shared(ctx: Context, text: str) -> bool:
