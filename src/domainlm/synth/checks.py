@@ -248,6 +248,9 @@ def deduplicated(
         return kept
     index = MinHashLSH(threshold=threshold, num_perm=128)
     for number, item in enumerate(items):
+        if item.get("distinct"):
+            kept.append(item)
+            continue
         signature = MinHash(num_perm=128, seed=1)
         signature.update_batch(list(_shingles(_row_text(item))))
         near = index.query(signature)

@@ -171,8 +171,11 @@ class StatuteGenerator:
                            citation=chunk.citation, status=chunk.status)  # fmt: skip
         # An article no longer in force, recited with that status, is not a bad citation.
         known = None if chunk.is_current else [[chunk.law, chunk.article_num, chunk.article_sub]]
-        # Forward and reverse pairs of one article share its text but are different tasks.
-        return [row(messages, meta, dedup=item.key, known=known)]
+        made = row(messages, meta, known=known)
+        # Each comes from its own article: forward and reverse pairs of one article share
+        # its text but are different tasks, and MinHash over short keys would merge them.
+        made["distinct"] = True
+        return [made]
 
     @staticmethod
     def _shared(ctx: Context, text: str) -> bool:
