@@ -87,6 +87,19 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
     return count
 
 
+def append_jsonl(
+    path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    """Append each row to a JSONL log as it comes, flushed, and yield it on: a run that
+    stops keeps every line it finished (a resumed run drops a last line cut off)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            yield row
+        os.fsync(handle.fileno())
+
+
 def read_lines(
     path: str | os.PathLike[str], encoding: str = "utf-8", max_line_bytes: int = MAX_LINE_BYTES
 ) -> Iterator[tuple[int, str | SourceError]]:

@@ -227,7 +227,7 @@ class EndpointModels:
                 f"endpoint {self.url}: cannot connect (is the server running?)"
             ) from None
         except openai.APIError as exc:
-            raise DomainLMError(f"endpoint {self.url}: {_reason(exc)}") from None
+            raise DomainLMError(f"endpoint {self.url}: {error_reason(exc)}") from None
         except Exception as exc:  # connection refused, bad URL
             raise DomainLMError(f"endpoint {self.url}: cannot connect ({exc})") from None
         missing = [n for n in self.names if n not in served]
@@ -258,7 +258,7 @@ class EndpointModels:
                 calls = [_call(c) for c in message.tool_calls or []]
                 return index, Reply(message.content or "", calls)
             except Exception as exc:  # the item's own error, recorded; the run goes on
-                return index, DomainLMError(f"endpoint: {_reason(exc)}")
+                return index, DomainLMError(f"endpoint: {error_reason(exc)}")
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             yield from _as_completed(pool, one, len(jobs))
@@ -310,7 +310,8 @@ def _call(call: Any) -> dict[str, Any]:
     return {"name": call.function.name, "arguments": arguments}
 
 
-def _reason(exc: Exception) -> str:
+def error_reason(exc: Exception) -> str:
+    """An endpoint error in one line: its HTTP status and message where it gave them."""
     message = getattr(exc, "message", None) or str(exc)
     status = getattr(exc, "status_code", None)
     return f"{status} {message}" if status else message

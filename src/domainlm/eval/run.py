@@ -11,7 +11,6 @@ endpoint that was down — are tried again, and their last answer counts).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from domainlm.eval.models import Chat, Choice, Models
 from domainlm.eval.suite import Suite
 from domainlm.eval.summary import KB_MODEL
 from domainlm.eval.tasks import Unit, units
-from domainlm.io import atomic_write
+from domainlm.io import append_jsonl, atomic_write
 
 RESULTS = "results.jsonl"
 
@@ -87,15 +86,11 @@ def run_suite(
     total, finished = len(every), len(every) - len(todo)
     if progress:
         progress(finished, total)
-    with results_path.open("a", encoding="utf-8") as handle:
-        for row in _answers(models, todo):
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            rows.append(row)
-            finished += 1
-            if progress:
-                progress(finished, total)
-        os.fsync(handle.fileno())
+    for row in append_jsonl(results_path, _answers(models, todo)):
+        rows.append(row)
+        finished += 1
+        if progress:
+            progress(finished, total)
     latest = {(r["key"], r["model"]): r for r in rows}  # a retried item's last answer
     return list(latest.values())
 

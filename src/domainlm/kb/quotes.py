@@ -27,9 +27,9 @@ MAX_QUOTE = 300
 def quoted_after(text: str, end: int, stop: int) -> str:
     """The quote-like text between a citation's end and `stop` (the next citation), or ""."""
     segment = text[end:stop]
-    if not _EXPLICIT.match(segment) and _NOT_A_QUOTE.match(segment.lstrip()):
-        return ""
     explicit = _EXPLICIT.match(segment)
+    if not explicit and _NOT_A_QUOTE.match(segment.lstrip()):
+        return ""
     if explicit:
         segment = segment[explicit.end() :]
     segment = segment.lstrip(' \t：:“"「『')

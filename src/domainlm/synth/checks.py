@@ -28,6 +28,7 @@ from typing import Any
 from domainlm.kb.numerals import article_label
 from domainlm.kb.text import char_bigrams
 from domainlm.synth.recipe import Checks
+from domainlm.synth.teacher import excerpt
 
 FILTERS = (
     "tool_results", "distractor", "length", "repetition", "prompt_echo", "language", "refusal",
@@ -79,11 +80,6 @@ def _tail(text: str, size: int = 100) -> str:
     """The end of a user turn (where the question is, after any passage)."""
     text = " ".join(text.split())
     return text if len(text) <= size else "…" + text[-size:]
-
-
-def _excerpt(text: str, size: int = 100) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= size else text[:size] + "…"
 
 
 def language_of(text: str) -> str:
@@ -158,12 +154,12 @@ def _text_reason(checks: Checks, item: dict[str, Any]) -> tuple[str, str] | None
             return "length", f"{len(text)} characters (kept: {checks.min_chars}-{checks.max_chars})"
         share = repetition(text)
         if len(text) >= 100 and share > checks.max_repetition:
-            return "repetition", f"{share:.0%} of its 4-grams repeat: {_excerpt(text, 60)}"
+            return "repetition", f"{share:.0%} of its 4-grams repeat: {excerpt(text, 60)}"
         echo = echo_of_prompt(text) if checks.prompt_echo else None
         if echo:
             return "prompt_echo", f"repeats the prompt's {echo!r}"
         if checks.language != "any" and language_of(text) not in (checks.language, "any"):
-            return "language", f"the answer is in {language_of(text)}: {_excerpt(text, 60)}"
+            return "language", f"the answer is in {language_of(text)}: {excerpt(text, 60)}"
         found = _REFUSAL.search(text) if checks.refusals else None
         if found:
             return "refusal", f"refuses or disclaims ({found.group(0)})"

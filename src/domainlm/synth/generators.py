@@ -18,7 +18,7 @@ from typing import Any
 from domainlm.errors import DomainLMError
 from domainlm.kb.laws import short_forms
 from domainlm.kb.numerals import article_label
-from domainlm.kb.store import Chunk
+from domainlm.kb.store import CURRENT, Chunk
 from domainlm.synth.prompts import CORRECTIONS, PROMPTS, STATUTE_QUESTIONS
 from domainlm.synth.recipe import DocumentQA, Grounded, SelfChat, StatuteQA, SynthRecipe
 from domainlm.synth.teacher import Teacher, Usage, extract_json
@@ -54,11 +54,13 @@ def row(
     flags: dict[str, str] | None = None,
     dedup: str | None = None,
     known: list[list[Any]] | None = None,
+    distinct: bool = False,
 ) -> dict[str, Any]:
     """A made row; `dedup` is the text near-duplicates are found by, where the row's own
     text would mislead (two questions about one passage both hold the passage); `known`
     are the [law, article, sub] the row cites knowing their status (a repealed article
-    recited as repealed), which the citation check lets pass."""
+    recited as repealed), which the citation check lets pass; a `distinct` row is never a
+    near-duplicate (it is made from a source no other row has)."""
     record: dict[str, Any] = {"messages": messages}
     if tools:
         record["tools"] = tools
@@ -68,6 +70,8 @@ def row(
         made["dedup"] = dedup
     if known:
         made["known"] = known
+    if distinct:
+        made["distinct"] = True
     return made
 
 
@@ -111,7 +115,8 @@ def _article_ids(ctx: Context, laws: list[str], current: bool) -> list[int]:
         query += f" AND law IN ({','.join('?' * len(laws))})"
         args += laws
     if current:
-        query += " AND (status IS NULL OR status IN ('现行有效', '已被修改'))"
+        query += f" AND (status IS NULL OR status IN ({','.join('?' * len(CURRENT))}))"
+        args += CURRENT
     return [r[0] for r in ctx.kb.store.conn.execute(query + " ORDER BY id", args)]
 
 
@@ -137,6 +142,7 @@ class StatuteGenerator:
 
     def __init__(self, spec: StatuteQA):
         self.spec = spec
+        self._shared_texts: set[str] | None = None
 
     def plan(self, ctx: Context) -> list[Item]:
         ids = _article_ids(ctx, _laws(ctx, self.spec.laws), not self.spec.past_versions)
@@ -171,18 +177,20 @@ class StatuteGenerator:
                            citation=chunk.citation, status=chunk.status)  # fmt: skip
         # An article no longer in force, recited with that status, is not a bad citation.
         known = None if chunk.is_current else [[chunk.law, chunk.article_num, chunk.article_sub]]
-        made = row(messages, meta, known=known)
         # Each comes from its own article: forward and reverse pairs of one article share
-        # its text but are different tasks, and MinHash over short keys would merge them.
-        made["distinct"] = True
-        return [made]
+        # its text but are different tasks, and MinHash would merge them.
+        return [row(messages, meta, known=known, distinct=True)]
 
-    @staticmethod
-    def _shared(ctx: Context, text: str) -> bool:
-        found = ctx.kb.store.conn.execute(
-            "SELECT count(DISTINCT law) FROM chunks WHERE text = ?", (text,)
-        ).fetchone()[0]
-        return bool(found > 1)
+    def _shared(self, ctx: Context, text: str) -> bool:
+        """Whether several laws hold `text` (one query for the whole run, not a scan of
+        the chunks per item)."""
+        if self._shared_texts is None:
+            self._shared_texts = {
+                r[0] for r in ctx.kb.store.conn.execute(
+                    "SELECT text FROM chunks GROUP BY text HAVING count(DISTINCT law) > 1"
+                )
+            }  # fmt: skip
+        return text in self._shared_texts
 
 
 # -- document Q&A --------------------------------------------------------------------------

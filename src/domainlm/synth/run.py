@@ -27,7 +27,7 @@ from typing import Any
 
 from domainlm.errors import DomainLMError
 from domainlm.eval.run import read_results
-from domainlm.io import atomic_write, write_jsonl
+from domainlm.io import append_jsonl, atomic_write, write_jsonl
 from domainlm.synth.checks import FILTERS, apply_checks
 from domainlm.synth.generators import Context, Item, make_generator
 from domainlm.synth.recipe import SynthRecipe
@@ -91,15 +91,12 @@ def synthesise(
     if progress:
         progress(finished, total)
     try:
-        with items_path.open("a", encoding="utf-8") as handle:
-            for line in _made(ctx, todo, recipe.teacher.concurrency if recipe.teacher else 1):
-                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-                handle.flush()
-                lines.append(line)
-                finished += 1
-                if progress:
-                    progress(finished, total)
-            os.fsync(handle.fileno())
+        concurrency = recipe.teacher.concurrency if recipe.teacher else 1
+        for line in append_jsonl(items_path, _made(ctx, todo, concurrency)):
+            lines.append(line)
+            finished += 1
+            if progress:
+                progress(finished, total)
     finally:
         if teacher is not None:
             teacher.close()

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
 from domainlm.errors import DomainLMError
+from domainlm.eval.models import error_reason
 from domainlm.synth.recipe import Price, TeacherSpec
 
 T = TypeVar("T")
@@ -83,10 +84,11 @@ class Teacher:
         try:
             served = [m.id for m in self.client.models.list()]
         except openai.APIStatusError as exc:
-            raise DomainLMError(f"teacher {self.spec.url}: {_reason(exc)}") from None
+            raise DomainLMError(f"teacher {self.spec.url}: {error_reason(exc)}") from None
         except Exception as exc:  # connection refused, DNS, a bad URL
             raise DomainLMError(
-                f"teacher {self.spec.url}: cannot connect ({_reason(exc)}); is the server running?"
+                f"teacher {self.spec.url}: cannot connect ({error_reason(exc)}); "
+                "is the server running?"
             ) from None
         if served and self.spec.model not in served:
             raise DomainLMError(
@@ -136,7 +138,7 @@ class Teacher:
                 status = getattr(exc, "status_code", None)
                 again = isinstance(exc, retryable) or status in (408, 409)
                 if not again or attempt >= self.spec.retries:
-                    raise TeacherError(_kind(exc), f"teacher: {_reason(exc)}") from None
+                    raise TeacherError(_kind(exc), f"teacher: {error_reason(exc)}") from None
                 time.sleep(self._backoff(attempt, exc))
                 attempt += 1
                 usage.retries += 1
@@ -213,12 +215,6 @@ def _kind(exc: Exception) -> str:
     return "refused"
 
 
-def _reason(exc: Exception) -> str:
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    status = getattr(exc, "status_code", None)
-    return f"{status} {message}" if status else message
-
-
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 
 
@@ -241,9 +237,10 @@ def extract_json(text: str) -> Any:
             return decoder.raw_decode(text, match.start())[0]
         except json.JSONDecodeError:
             continue
-    raise ValueError(f"no JSON in {_excerpt(text)!r}")
+    raise ValueError(f"no JSON in {excerpt(text)!r}")
 
 
-def _excerpt(text: str, size: int = 80) -> str:
+def excerpt(text: str, size: int = 80) -> str:
+    """`text` on one line, cut to `size` characters."""
     text = " ".join(text.split())
     return text if len(text) <= size else text[:size] + "…"
